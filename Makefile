@@ -1,0 +1,36 @@
+# The README's commands. `make demo` and `make test` each install what they need first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DISTS := core $(wildcard plugins/*) tests/canary
+DEMO_DIR ?= /tmp/collective-demo
+
+.PHONY: install demo test system-deps lint bench check-dists clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+install: $(BIN)/python  ## .venv with every distribution editable, plus dev tools
+	$(BIN)/pip install -q $(addprefix -e ./,$(DISTS)) \
+	    "pytest>=8" pytest-timeout "hypothesis>=6" ruff build psutil packaging
+
+system-deps:  ## Debian packages the real-component tests need (root or sudo)
+	@bash scripts/system-deps.sh
+
+demo: install  ## a local fleet of 3 on the embedded broker, driven by mco
+	@bash scripts/demo.sh $(DEMO_DIR)
+
+test: system-deps install  ## the whole test suite, both brokers
+	$(BIN)/ruff check core plugins tests bench
+	$(BIN)/python -m pytest
+
+bench: install
+	$(BIN)/python bench/run.py
+
+check-dists: install
+	@bash scripts/check-dists.sh
+
+clean:
+	rm -rf $(VENV) dist build

@@ -1,0 +1,5 @@
+"""``python -m collective`` is ``mco``."""
+
+from .cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The ``rpcutil`` agent: ping, inventory, facts, stats and safe config reads."""

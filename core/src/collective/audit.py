@@ -1,0 +1,271 @@
+"""The audit log: one JSON line per request that reaches authorization (THREATS S17).
+
+Records are built with :func:`audit_record` and written by :class:`AuditLog` to
+every configured sink (hook ``collective_audit_sinks``, config ``audit.sinks``).
+Unlike MCollective, which audited only allowed requests and carried on when the
+write failed, denied and refused requests are audited too, and
+:meth:`AuditLog.record` reports failure so the daemon can refuse side-effecting
+requests when ``audit.fail_closed`` is set.
+
+The request data itself is never written, only ``data_sha256``: the SHA-256 of
+its canonical JSON (sorted keys, compact separators, UTF-8), which lets an
+operator check a suspected input without the log holding secrets.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+__all__ = ["DECISIONS", "AuditLog", "JsonlAuditSink", "audit_record", "canonical_json", "data_sha256"]
+
+log = logging.getLogger(__name__)
+
+#: ``allow``: authorized and run; ``deny``: refused by authorization or validation;
+#: ``refused``: rejected before authorization (bad signature, replay, expired, oversize).
+DECISIONS = ("allow", "deny", "refused")
+
+#: Seconds between two log lines about the same failing sink.
+FAILURE_LOG_INTERVAL = 60.0
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted keys, no spaces, UTF-8: the bytes :func:`data_sha256` hashes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=str).encode("utf-8")
+
+
+def data_sha256(data: Any) -> str:
+    """The hex SHA-256 of ``data``'s canonical JSON."""
+    return hashlib.sha256(canonical_json(data)).hexdigest()
+
+
+def _iso_utc(epoch: float) -> str:
+    stamp = datetime.fromtimestamp(epoch, tz=UTC).isoformat(timespec="milliseconds")
+    return stamp.replace("+00:00", "Z")
+
+
+def audit_record(*, decision: str, reason: str = "", request_id: str | None = None,
+                 caller: str | None = None, agent: str | None = None,
+                 action: str | None = None, node: str | None = None,
+                 statuscode: int | None = None, data: Any = None,
+                 collective: str | None = None, sender: str | None = None,
+                 time: float | str | None = None, **extra: Any) -> dict[str, Any]:
+    """The standard audit record.
+
+    ``time`` defaults to now and is written as ISO 8601 UTC with milliseconds
+    (``2024-05-01T12:00:00.123Z``); an epoch float is converted. ``data`` is the
+    request data: only its :func:`data_sha256` is kept (``None`` when there is
+    no data). ``extra`` fields (for example a key fingerprint) are added as given.
+    """
+    if decision not in DECISIONS:
+        raise ValueError(f"audit decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
+    if time is None:
+        time = _now()
+    stamp = time if isinstance(time, str) else _iso_utc(float(time))
+    record: dict[str, Any] = {
+        "time": stamp,
+        "request_id": request_id,
+        "caller": caller,
+        "agent": agent,
+        "action": action,
+        "node": node,
+        "decision": decision,
+        "reason": reason,
+        "statuscode": statuscode,
+        "data_sha256": None if data is None else data_sha256(data),
+        "collective": collective,
+        "sender": sender,
+    }
+    clash = sorted(set(extra) & set(record))
+    if clash:  # pragma: no cover - impossible through keyword arguments
+        raise ValueError(f"duplicate audit fields: {clash}")
+    record.update(extra)
+    return record
+
+
+def _now() -> float:
+    return time.time()
+
+
+class JsonlAuditSink:
+    """Appends one JSON line per record to ``audit.file``.
+
+    The file is opened with ``O_WRONLY|O_APPEND|O_CREAT`` and mode ``0600``
+    (created that way, so no chmod race; a umask can only remove bits), and an
+    existing file we own that is group- or world-accessible is tightened to
+    0600 with a warning. Each line is written with unbuffered ``os.write``, so
+    it has reached the kernel when :meth:`write` returns.
+
+    When ``audit.file`` is not set the sink writes nothing (``write`` is a
+    no-op that succeeds), so ``fail_closed`` cannot trigger through it.
+
+    A file that cannot be opened at start is logged, not fatal: the daemon must
+    still answer ``rpcutil ping``. Every :meth:`write` then retries the open and
+    raises :class:`OSError` while it fails.
+    """
+
+    name = "jsonl"
+
+    def __init__(self, config: Any) -> None:
+        path = config.get("audit.file") if config is not None else None
+        self.path: str | None = os.fspath(path) if path else None
+        self._lock = threading.Lock()
+        self._fd: int | None = None
+        self._closed = False
+        self._reopen_wanted = False
+        if self.path is None:
+            log.info("audit.file is not set: the jsonl audit sink writes nothing")
+            return
+        try:
+            self._open()
+        except OSError as exc:
+            log.error("cannot open audit file %s: %s", self.path, exc.strerror or exc)
+
+    # -- file handling -------------------------------------------------------------
+    def _open(self) -> None:
+        assert self.path is not None
+        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        fd = os.open(self.path, flags, 0o600)
+        try:
+            st = os.fstat(fd)
+            if st.st_mode & 0o077 and st.st_uid == os.geteuid():
+                log.warning("audit file %s had mode %o; setting 0600", self.path,
+                            st.st_mode & 0o777)
+                os.fchmod(fd, 0o600)
+        except OSError:
+            os.close(fd)
+            raise
+        self._fd = fd
+
+    def _close_fd(self) -> None:
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError as exc:  # pragma: no cover - close rarely fails
+                log.warning("closing audit file %s: %s", self.path, exc)
+
+    # -- sink API --------------------------------------------------------------------
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Append ``record`` as one line; raise :class:`OSError` if it cannot be written."""
+        if self.path is None:
+            return
+        line = json.dumps(dict(record), sort_keys=True, separators=(",", ":"),
+                          default=str).encode("utf-8") + b"\n"
+        with self._lock:
+            if self._closed:
+                raise OSError(errno.EBADF, "audit sink is closed", self.path)
+            if self._reopen_wanted:
+                self._reopen_wanted = False
+                self._close_fd()
+            if self._fd is None:
+                self._open()
+            assert self._fd is not None
+            view = memoryview(line)
+            while view:
+                written = os.write(self._fd, view)
+                if written <= 0:  # pragma: no cover - defensive
+                    raise OSError(errno.EIO, "short write to audit file", self.path)
+                view = view[written:]
+
+    def reopen(self) -> None:
+        """Close and reopen the path (log rotation: SIGHUP or SIGUSR1).
+
+        Safe to call from a signal handler: if a write holds the lock, the
+        reopen happens at the start of the next write instead of blocking.
+        """
+        if self.path is None:
+            return
+        self._reopen_wanted = True
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._closed = False
+            self._reopen_wanted = False
+            self._close_fd()
+            try:
+                self._open()
+            except OSError as exc:
+                log.error("cannot reopen audit file %s: %s", self.path, exc.strerror or exc)
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._close_fd()
+
+
+class AuditLog:
+    """Fans records out to ``sinks``; :meth:`record` says whether all of them wrote.
+
+    ``fail_closed`` is only carried here for the daemon, which refuses
+    side-effecting requests when it is set and :meth:`record` returns False.
+    Sink failures are logged at most once per :data:`FAILURE_LOG_INTERVAL`
+    seconds per sink, with a count of the failures not logged.
+    """
+
+    def __init__(self, sinks: Sequence[Any], fail_closed: bool = False,
+                 clock: Any = time.monotonic) -> None:
+        self.sinks = list(sinks)
+        self.fail_closed = bool(fail_closed)
+        self.clock = clock
+        self.failures = 0
+        self._lock = threading.Lock()
+        self._last_logged: dict[int, float] = {}
+        self._suppressed: dict[int, int] = {}
+
+    def record(self, record: Mapping[str, Any] | None = None, /, **fields: Any) -> bool:
+        """Write one record (a mapping, keyword fields, or both) to every sink.
+
+        Returns False if any sink raised; the others are still written.
+        """
+        rec = {**(record or {}), **fields}
+        ok = True
+        for sink in self.sinks:
+            try:
+                sink.write(rec)
+            except Exception as exc:
+                ok = False
+                self._failed(sink, exc)
+        return ok
+
+    def _failed(self, sink: Any, exc: Exception) -> None:
+        key = id(sink)
+        now = self.clock()
+        with self._lock:
+            self.failures += 1
+            last = self._last_logged.get(key)
+            if last is not None and now - last < FAILURE_LOG_INTERVAL:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return
+            self._last_logged[key] = now
+            suppressed = self._suppressed.pop(key, 0)
+        more = f" ({suppressed} more failures not logged)" if suppressed else ""
+        name = getattr(sink, "name", type(sink).__name__)
+        log.error("audit sink %s failed to write: %s%s", name, exc, more)
+
+    def reopen(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.reopen()
+            except Exception as exc:
+                log.error("audit sink %s failed to reopen: %s",
+                          getattr(sink, "name", type(sink).__name__), exc)
+
+    def close(self) -> None:
+        for sink in self.sinks:
+            try:
+                sink.close()
+            except Exception as exc:
+                log.error("audit sink %s failed to close: %s",
+                          getattr(sink, "name", type(sink).__name__), exc)

@@ -1,0 +1,53 @@
+"""The records authorizers receive and return.
+
+An authorizer (registered with the ``collective_authorizers`` hook) is
+constructed with the daemon config and has ``authorize(ctx: AuthzContext) ->
+Decision``. The daemon calls it after DDL validation and before the action, on
+every request; a denied request gets status 1 and an audit line ``deny``
+(THREATS S6).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["AuthzContext", "Decision"]
+
+
+@dataclass(frozen=True)
+class AuthzContext:
+    """Everything a policy may look at for one request."""
+
+    #: the verified caller, e.g. ``cert=alice``
+    caller: str
+    agent: str
+    action: str
+    #: the request data after DDL validation (defaults filled in); read-only
+    data: Mapping[str, Any]
+    #: this node's facts
+    facts: Mapping[str, Any]
+    #: this node's configuration-management classes
+    classes: Sequence[str]
+    #: this node's identity
+    identity: str
+
+
+@dataclass(frozen=True)
+class Decision:
+    """An authorizer's answer."""
+
+    allowed: bool
+    #: why, for the audit log (``"policy puppet.policy line 3"``, ``"no policy: default deny"``)
+    reason: str
+    #: the rule that matched, if any
+    rule: str | None = None
+
+    @classmethod
+    def allow(cls, reason: str, rule: str | None = None) -> Decision:
+        return cls(True, reason, rule)
+
+    @classmethod
+    def deny(cls, reason: str, rule: str | None = None) -> Decision:
+        return cls(False, reason, rule)

@@ -1,0 +1,175 @@
+"""``mco ping``, ``mco find``, ``mco inventory`` and ``mco facts``."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import Counter
+from typing import Any
+
+import click
+
+from .options import build_filter, common_options, fail, filter_options, guarded, make_client
+
+
+@click.command()
+@filter_options
+@common_options
+@guarded("ping")
+def ping(config_path: str | None, facts: tuple[str, ...], classes: tuple[str, ...],
+         identities: tuple[str, ...], agents: tuple[str, ...], combined: tuple[str, ...],
+         collective: str | None, discovery_timeout: float | None, timeout: float | None,
+         as_json: bool, verbose: bool, no_progress: bool) -> None:
+    """Ping the nodes that match the filter and print each one's round trip.
+
+    Ends when the discovery timeout passes, or as soon as every node named
+    with -I answered.
+    """
+    flt = build_filter(facts, classes, identities, agents, combined)
+    with make_client(config_path, collective) as client:
+
+        def show(reply: Any) -> None:
+            if not as_json:
+                click.echo(f"{reply.sender:<40} time={reply.elapsed_ms:.2f} ms")
+
+        result = client.ping(flt, timeout if timeout is not None else discovery_timeout, on_reply=show)
+    times = [r.elapsed_ms for r in result.replies]
+    if as_json:
+        click.echo(json.dumps([{"sender": r.sender, "time_ms": round(r.elapsed_ms, 2)}
+                               for r in result.replies], indent=2))
+    else:
+        click.echo("\n\n---- ping statistics ----")
+        if times:
+            click.echo(f"{len(times)} replies max: {max(times):.2f} min: {min(times):.2f} "
+                       f"avg: {sum(times) / len(times):.2f}")
+        else:
+            click.echo("No responses received")
+        missing = result.stats.no_response
+        if missing:
+            click.echo("\nNo response from:\n\n" + "".join(f"    {n}\n" for n in missing), nl=False)
+    sys.exit(0 if times and not result.stats.no_response else 1)
+
+
+@click.command()
+@filter_options
+@common_options
+@guarded("find")
+def find(config_path: str | None, facts: tuple[str, ...], classes: tuple[str, ...],
+         identities: tuple[str, ...], agents: tuple[str, ...], combined: tuple[str, ...],
+         collective: str | None, discovery_timeout: float | None, timeout: float | None,
+         as_json: bool, verbose: bool, no_progress: bool) -> None:
+    """Print the identity of every node that matches the filter, one per line."""
+    flt = build_filter(facts, classes, identities, agents, combined)
+    with make_client(config_path, collective) as client:
+        nodes = [r.sender for r in client.ping(flt, timeout if timeout is not None else discovery_timeout)]
+    if as_json:
+        click.echo(json.dumps(nodes, indent=2))
+    else:
+        for node in nodes:
+            click.echo(node)
+    sys.exit(0 if nodes else 1)
+
+
+def _facts_lines(facts: dict[str, Any], prefix: str = "") -> list[str]:
+    lines = []
+    for key in sorted(facts):
+        value = facts[key]
+        if isinstance(value, dict) and value:
+            lines.extend(_facts_lines(value, f"{prefix}{key}."))
+        else:
+            shown = json.dumps(value) if isinstance(value, (list, dict)) else value
+            lines.append(f"      {prefix}{key} => {shown}")
+    return lines
+
+
+@click.command()
+@click.argument("node")
+@common_options
+@click.option("-T", "--target", "collective", default=None, help="Target this collective")
+@guarded("inventory")
+def inventory(node: str, config_path: str | None, collective: str | None, timeout: float | None,
+              as_json: bool, verbose: bool, no_progress: bool) -> None:
+    """Show NODE's agents, facts, classes, collectives and daemon statistics."""
+    with make_client(config_path, collective) as client:
+        inv = client.rpc("rpcutil", "inventory", nodes=[node], timeout=timeout)
+        stats = client.rpc("rpcutil", "daemon_stats", nodes=[node], timeout=timeout)
+    if not inv.replies:
+        fail("inventory", f"Did not receive a response from {node}")
+    reply = inv.replies[0]
+    if not reply.ok:
+        fail("inventory", f"{node}: {reply.statusmsg}")
+    data = reply.data
+    st = stats.replies[0].data if stats.replies and stats.replies[0].ok else {}
+    if as_json:
+        click.echo(json.dumps({"inventory": data, "stats": st}, indent=2, sort_keys=True))
+        return
+    times = st.get("times") or {}
+    rows = [
+        ("Version", data.get("version")),
+        ("Start Time", time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(st["starttime"])) if st.get("starttime") else "unknown"),
+        ("Config File", st.get("configfile")),
+        ("Collectives", ", ".join(data.get("collectives") or [])),
+        ("Main Collective", data.get("main_collective")),
+        ("Process ID", st.get("pid")),
+        ("Total Messages", st.get("total")),
+        ("Messages Passed Filters", st.get("passed")),
+        ("Messages Filtered", st.get("filtered")),
+        ("Expired Messages", st.get("ttlexpired")),
+        ("Replies Sent", st.get("replies")),
+        ("Total Processor Time", f"{times.get('user', 0) + times.get('system', 0):.2f} seconds"),
+        ("System Time", f"{times.get('system', 0):.2f} seconds"),
+    ]
+    out = [f"Inventory for {node}:", "", "   Server Statistics:"]
+    out += [f"{label:>35}: {value}" for label, value in rows]
+    out += ["", "   Agents:"] + _columns(data.get("agents") or [])
+    out += ["", "   Data Plugins:"] + _columns(data.get("data_plugins") or [])
+    out += ["", "   Configuration Management Classes:"] + _columns(data.get("classes") or [])
+    out += ["", "   Facts:"] + _facts_lines(data.get("facts") or {})
+    click.echo("\n".join(out))
+
+
+def _columns(items: list[str], per_line: int = 3) -> list[str]:
+    if not items:
+        return ["      No items"]
+    width = max(len(i) for i in items) + 2
+    items = sorted(items)
+    return ["      " + "".join(f"{i:<{width}}" for i in items[n:n + per_line]).rstrip()
+            for n in range(0, len(items), per_line)]
+
+
+@click.command()
+@click.argument("fact")
+@filter_options
+@common_options
+@guarded("facts")
+def facts(fact: str, config_path: str | None, facts: tuple[str, ...], classes: tuple[str, ...],
+          identities: tuple[str, ...], agents: tuple[str, ...], combined: tuple[str, ...],
+          collective: str | None, discovery_timeout: float | None, timeout: float | None,
+          as_json: bool, verbose: bool, no_progress: bool) -> None:
+    """Report how often each value of FACT occurs across the matching nodes."""
+    flt = build_filter(facts, classes, identities, agents, combined)
+    started = time.monotonic()
+    with make_client(config_path, collective) as client:
+        result = client.rpc("rpcutil", "get_fact", {"fact": fact}, filter=flt, timeout=timeout,
+                            discovery_timeout=discovery_timeout)
+    by_value: dict[str, list[str]] = {}
+    for reply in result.ok:
+        value = reply.data.get("value")
+        shown = json.dumps(value) if isinstance(value, (list, dict)) else ("" if value is None else str(value))
+        by_value.setdefault(shown, []).append(reply.sender)
+    if as_json:
+        click.echo(json.dumps(by_value, indent=2, sort_keys=True))
+        sys.exit(result.exit_code())
+    click.echo(f"Report for fact: {fact}\n")
+    counts = Counter({value: len(nodes) for value, nodes in by_value.items()})
+    for value, count in sorted(counts.items()):
+        click.echo(f"        {value:<40}found {count} times")
+        if verbose:
+            for node in sorted(by_value[value]):
+                click.echo(f"            {node}")
+    from .output import finished_line, no_response_text
+
+    click.echo("\n" + finished_line(result, time.monotonic() - started))
+    click.echo(no_response_text(result), nl=False)
+    sys.exit(result.exit_code())

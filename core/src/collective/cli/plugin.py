@@ -1,0 +1,92 @@
+"""``mco plugin list`` and ``mco plugin doc AGENT``."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+
+@click.group()
+def plugin() -> None:
+    """Inspect installed plugins."""
+
+
+@plugin.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins")
+@click.option("-j", "--json", "as_json", is_flag=True, help="Print JSON")
+def list_plugins(show_all: bool, as_json: bool) -> None:
+    """List plugins with their distribution, version and load status.
+
+    Works when a plugin is broken: its status says why.
+    """
+    from ..plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    rows = [s for s in sorted(pm.statuses.values(), key=lambda s: s.name) if show_all or not s.builtin]
+    if as_json:
+        click.echo(json.dumps([{"name": s.name, "distribution": s.distribution, "version": s.version,
+                                "status": s.status, "hooks": s.hooks, "builtin": s.builtin}
+                               for s in rows], indent=2))
+        return
+    if not rows:
+        click.echo("No plugins installed (use --all to include the built-in ones).")
+        return
+    width = max(len(s.name) for s in rows) + 2
+    for s in rows:
+        click.echo(f"{s.name:<{width}}{s.distribution} {s.version:<10} {s.status}")
+
+
+def render_ddl(ddl: Any) -> str:
+    meta = ddl.metadata
+    out = [meta["name"], "=" * len(meta["name"]), "", meta["description"], ""]
+    for label, key in (("Author", "author"), ("Version", "version"), ("License", "license"),
+                       ("Timeout", "timeout"), ("Home Page", "url")):
+        out.append(f"{label:>12}: {meta.get(key)}")
+    out += ["", "ACTIONS:", "========", "   " + ", ".join(sorted(ddl.actions)), ""]
+    for name in sorted(ddl.actions):
+        act = ddl.actions[name]
+        title = f"{name} action:"
+        out += [f"   {title}", "   " + "-" * len(title), f"       {act.description}", "",
+                "       INPUT:"]
+        if not act.inputs:
+            out.append("           This action does not have any inputs")
+        for key, schema in sorted(act.inputs.items()):
+            out.append(f"           {key}:")
+            out.append(f"              Description: {schema.get('description', '')}")
+            out.append(f"                   Prompt: {schema.get('x-prompt', key)}")
+            out.append(f"                     Type: {schema.get('type', 'any')}")
+            for label, k in (("Format", "format"), ("Validation", "pattern"), ("Length", "maxLength"),
+                             ("Values", "enum"), ("Default", "default")):
+                if k in schema:
+                    out.append(f"{label:>25}: {schema[k]}")
+            out.append(f"                 Optional: {'false' if key in act.required else 'true'}")
+            out.append("")
+        out += ["", "       OUTPUT:"]
+        for key, spec in sorted(act.outputs.items()):
+            out += [f"           {key}:", f"              Description: {spec.get('description', '')}",
+                    f"               Display As: {spec.get('display_as', key)}"]
+            if "default" in spec:
+                out.append(f"            Default Value: {spec['default']}")
+            out.append("")
+        out.append("")
+    return "\n".join(out).rstrip() + "\n"
+
+
+@plugin.command("doc")
+@click.argument("agent")
+def doc(agent: str) -> None:
+    """Render AGENT's DDL: metadata, actions, inputs and outputs."""
+    from ..ddl import AgentDDL, DDLError
+    from ..plugins import get_plugin_manager
+
+    pm = get_plugin_manager()
+    files = pm.ddl_files()
+    if agent not in files:
+        raise click.ClickException(f"No DDL found for agent {agent!r}; known: {', '.join(files) or 'none'}")
+    try:
+        ddl = AgentDDL.load(files[agent], formats=pm.formats())
+    except DDLError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(render_ddl(ddl), nl=False)

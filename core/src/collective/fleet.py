@@ -1,0 +1,296 @@
+"""A local fleet for demos, tests, benchmarks and plugin authors.
+
+``fleet_up`` starts the embedded broker (or points at a RabbitMQ) and N
+``collectived`` processes in the background, each with its own Ed25519 key,
+config, identity and varied sample facts, writes ``DIR/client.yaml`` and
+returns once every node answers a ping. ``fleet_down`` stops exactly the
+processes recorded in ``DIR/fleet.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import yaml
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "fleet.json"
+CLIENT_NAME = "admin"
+ROLES = ("web", "db", "cache")
+LOCATIONS = ("uk", "us", "de")
+OSES = (("debian", "Debian", "12"), ("redhat", "RedHat", "9"))
+
+
+class FleetError(Exception):
+    """The fleet could not be started or stopped; the message says why."""
+
+
+@dataclass
+class BrokerSpec:
+    flavour: str = "embedded"
+    host: str = "127.0.0.1"
+    port: int = 0
+    user: str | None = None
+    password: str | None = None
+    vhost: str | None = None
+
+    @classmethod
+    def from_url(cls, flavour: str, url: str) -> BrokerSpec:
+        """``stomp://user:password@host:port/vhost`` (vhost optional, url-encoded)."""
+        parts = urlsplit(url)
+        if parts.scheme not in ("stomp", "stomp+ssl", ""):
+            raise FleetError(f"--broker-url {url!r}: expected stomp://user:password@host:port/vhost")
+        vhost = unquote(parts.path[1:]) if parts.path not in ("", "/") else None
+        return cls(flavour=flavour, host=parts.hostname or "127.0.0.1", port=parts.port or 61613,
+                   user=unquote(parts.username) if parts.username else None,
+                   password=unquote(parts.password) if parts.password else None, vhost=vhost)
+
+
+@dataclass
+class Fleet:
+    directory: Path
+    broker: BrokerSpec
+    nodes: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def client_config(self) -> Path:
+        return self.directory / "client.yaml"
+
+    def save(self) -> None:
+        state = {"broker": vars(self.broker) | {"password": None}, "nodes": self.nodes, "pids": self.pids}
+        (self.directory / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    @classmethod
+    def load(cls, directory: Path) -> Fleet:
+        path = directory / STATE_FILE
+        if not path.exists():
+            raise FleetError(f"{path} not found: no fleet was started in {directory}")
+        state = json.loads(path.read_text())
+        return cls(directory, BrokerSpec(**state["broker"]), state["nodes"],
+                   {k: int(v) for k, v in state["pids"].items()})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def sample_facts(index: int, identity: str) -> tuple[dict[str, Any], list[str]]:
+    """Varied, deterministic facts and classes for node number ``index`` (1-based)."""
+    role = ROLES[(index - 1) % len(ROLES)]
+    location = LOCATIONS[(index - 1) // len(ROLES) % len(LOCATIONS)]
+    family, name, release = OSES[(index - 1) % len(OSES)]
+    facts = {
+        "role": role,
+        "location": location,
+        "index": index,
+        "rack": f"rack{(index - 1) // 4 + 1}",
+        "hostname": identity,
+        "environment": "production" if index % 5 else "development",
+        "os": {"family": family, "name": name, "release": {"major": release}},
+        "interfaces": ["lo", "eth0"],
+    }
+    classes = ["base", f"role::{role}", f"location::{location}"]
+    return facts, classes
+
+
+def _broker_section(fleet: Fleet) -> dict[str, Any]:
+    spec = fleet.broker
+    section: dict[str, Any] = {"flavour": spec.flavour, "host": spec.host, "port": spec.port}
+    if spec.user:
+        section["user"] = spec.user
+    if spec.password:
+        section["password_file"] = str(fleet.directory / "broker.password")
+    if spec.vhost:
+        section["vhost"] = spec.vhost
+    return section
+
+
+def _write_yaml(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+
+
+def _spawn(args: list[str], log_path: Path) -> int:
+    """Start a background process in its own session; return its PID."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as out:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=log_path.parent)
+    return proc.pid
+
+
+def _wait_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise FleetError(f"broker {host}:{port} did not accept connections within {timeout:.0f}s")
+
+
+def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
+             timeout: float = 120.0, collectives: list[str] | None = None,
+             extra_server_config: dict[str, Any] | None = None) -> Fleet:
+    """Start a fleet in ``directory`` and return once all ``nodes`` answer."""
+    from .security.keys import generate_keypair
+
+    directory = directory.resolve()
+    if (directory / STATE_FILE).exists():
+        raise FleetError(f"a fleet is already running in {directory}: run 'mco fleet down --dir {directory}' first")
+    directory.mkdir(parents=True, exist_ok=True)
+    spec = broker or BrokerSpec()
+    if spec.flavour == "embedded" and not spec.port:
+        spec.port = free_port()
+    fleet = Fleet(directory, spec)
+    keys, trust = directory / "keys", directory / "trust"
+    for sub in (keys, trust / "clients", trust / "nodes"):
+        sub.mkdir(parents=True, exist_ok=True)
+    os.chmod(keys, 0o700)
+    if spec.password:
+        pw = directory / "broker.password"
+        fd = os.open(pw, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(spec.password)
+    collectives = collectives or ["mcollective"]
+    broker_section = _broker_section(fleet)
+    try:
+        if spec.flavour == "embedded":
+            fleet.pids["broker"] = _spawn(
+                [sys.executable, "-m", "collective", "broker", "--host", spec.host,
+                 "--port", str(spec.port), "--pidfile", str(directory / "broker.pid"),
+                 "--log-level", "WARNING"], directory / "broker.log")
+            fleet.save()
+            _wait_port(spec.host, spec.port, 30)
+        if not (keys / f"{CLIENT_NAME}.key").exists():
+            generate_keypair(CLIENT_NAME, keys)
+            shutil.copy(keys / f"{CLIENT_NAME}.pub", trust / "clients" / f"{CLIENT_NAME}.pub")
+        _write_yaml(fleet.client_config, {
+            "identity": f"{CLIENT_NAME}-client",
+            "collectives": collectives,
+            "broker": broker_section,
+            "security": {"provider": "ed25519", "identity": CLIENT_NAME,
+                         "private_key": f"keys/{CLIENT_NAME}.key", "trust_dir": "trust"},
+            "discovery": {"timeout": 2.0},
+        })
+        for index in range(1, nodes + 1):
+            identity = f"node-{index:03d}"
+            fleet.nodes.append(identity)
+            node_dir = directory / "nodes" / identity
+            if not (keys / f"{identity}.key").exists():
+                generate_keypair(identity, keys)
+                shutil.copy(keys / f"{identity}.pub", trust / "nodes" / f"{identity}.pub")
+            facts, classes = sample_facts(index, identity)
+            node_dir.mkdir(parents=True, exist_ok=True)
+            (node_dir / "classes.txt").write_text("\n".join(classes) + "\n")
+            config: dict[str, Any] = {
+                "identity": identity,
+                "collectives": collectives,
+                "broker": broker_section,
+                "security": {"provider": "ed25519", "private_key": f"../../keys/{identity}.key",
+                             "trust_dir": "../../trust"},
+                "facts": {"sources": ["static"], "static": facts},
+                "classes_file": "classes.txt",
+                "audit": {"file": "audit.jsonl"},
+                "logging": {"level": "INFO", "file": "collectived.log"},
+                "server": {"pidfile": "collectived.pid"},
+            }
+            for key, value in (extra_server_config or {}).items():
+                config[key] = value
+            _write_yaml(node_dir / "server.yaml", config)
+            fleet.pids[identity] = _spawn(
+                [sys.executable, "-m", "collective.server.main", "-c", str(node_dir / "server.yaml")],
+                node_dir / "stdout.log")
+        fleet.save()
+        wait_for_nodes(fleet, timeout)
+    except BaseException:
+        fleet_down(directory, quiet=True)
+        raise
+    return fleet
+
+
+def wait_for_nodes(fleet: Fleet, timeout: float) -> None:
+    """Ping until every node of ``fleet`` answered, or raise FleetError."""
+    from .client import Client, ClientError
+    from .config import load_config
+
+    deadline = time.monotonic() + timeout
+    missing = set(fleet.nodes)
+    last_error = ""
+    while missing and time.monotonic() < deadline:
+        for identity, pid in fleet.pids.items():
+            if not _alive(pid):
+                raise FleetError(f"{identity} (pid {pid}) exited during start-up; "
+                                 f"see {fleet.directory / 'nodes' / identity / 'collectived.log'}")
+        try:
+            with Client(load_config(fleet.client_config)) as client:
+                result = client.ping(expected=sorted(missing), timeout=2.0)
+            missing -= {reply.sender for reply in result.replies}
+        except ClientError as exc:
+            last_error = str(exc)
+            time.sleep(0.5)
+    if missing:
+        raise FleetError(f"{len(missing)} node(s) did not answer within {timeout:.0f}s: "
+                         f"{', '.join(sorted(missing)[:10])} {last_error}".rstrip())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie child of ours counts as gone
+        return os.waitpid(pid, os.WNOHANG) == (0, 0)
+    except ChildProcessError:
+        return True
+
+
+def _is_ours(pid: int, directory: Path) -> bool:
+    """Only signal a PID whose command line still names our fleet (PIDs get reused)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return False
+    return "collective" in cmdline and str(directory) in cmdline
+
+
+def fleet_down(directory: Path, quiet: bool = False, grace: float = 10.0) -> list[str]:
+    """Stop every process recorded for the fleet in ``directory``; return what was stopped."""
+    directory = directory.resolve()
+    fleet = Fleet.load(directory)
+    stopped = []
+    order = [name for name in fleet.pids if name != "broker"] + (["broker"] if "broker" in fleet.pids else [])
+    for phase in (order[:-1] if order and order[-1] == "broker" else order, ["broker"] if "broker" in order else []):
+        live = {name: fleet.pids[name] for name in phase
+                if _alive(fleet.pids[name]) and _is_ours(fleet.pids[name], directory)}
+        for pid in live.values():
+            os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while any(_alive(pid) for pid in live.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for name, pid in live.items():
+            if _alive(pid):
+                log.warning("%s (pid %d) ignored SIGTERM; killing it", name, pid)
+                os.kill(pid, signal.SIGKILL)
+            stopped.append(name)
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    return stopped

@@ -1,0 +1,249 @@
+"""The plugin manager: built-ins and entry points, loaded one at a time.
+
+A plugin that fails to import is reported by name, distribution and version and
+the rest keep working (the bug behind llm#1280 and httpie#1204 is pluggy's own
+``load_setuptools_entrypoints`` stopping at the first error).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata as md
+import logging
+import os
+import re
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+
+from . import __version__, hookspecs
+
+log = logging.getLogger(__name__)
+
+GROUP = "collective"
+
+#: Built-in plugins register through the same hooks as third-party ones.
+DEFAULT_PLUGINS: tuple[str, ...] = (
+    "collective.builtins",
+    "collective.agents.rpcutil.plugin",
+)
+
+
+class PluginError(Exception):
+    """A plugin problem that stops the caller (strict mode, name clashes)."""
+
+
+@dataclass
+class PluginStatus:
+    """What ``mco plugin list`` shows for one plugin."""
+
+    name: str
+    module: str
+    distribution: str = "builtin"
+    version: str = __version__
+    #: ``ok``, ``blocked``, ``incompatible: ...`` or ``failed: ...``
+    status: str = "ok"
+    hooks: list[str] = field(default_factory=list)
+    builtin: bool = False
+
+
+def entry_points() -> list[md.EntryPoint]:
+    """The ``collective`` entry points, sorted by name (install order is meaningless)."""
+    return sorted(md.entry_points(group=GROUP), key=lambda ep: ep.name)
+
+
+def _env_list(name: str) -> list[str] | None:
+    value = os.environ.get(name)
+    if value is None:
+        return None
+    return [item.strip() for item in value.split(",") if item.strip()]
+
+
+_REQ = re.compile(r"^collective-core\s*(?P<spec>[^;]*)", re.IGNORECASE)
+
+
+def _incompatible(dist: md.Distribution | None) -> str | None:
+    """Return why ``dist`` cannot work with this core, or None when it can."""
+    if dist is None:
+        return None
+    for req in dist.requires or []:
+        match = _REQ.match(req.replace("_", "-"))
+        if not match:
+            continue
+        spec = match.group("spec").strip().strip("()")
+        if not spec:
+            return None
+        try:
+            from packaging.specifiers import SpecifierSet
+        except ImportError:  # packaging is optional; without it, trust the installer
+            return None
+        if __version__ not in SpecifierSet(spec, prereleases=True):
+            return f"incompatible: needs collective-core{spec}, found {__version__}"
+    return None
+
+
+class PluginManager:
+    """A typed facade over :class:`pluggy.PluginManager` with one registry per hook."""
+
+    def __init__(self, load_entrypoints: bool = True, plugins: Iterable[Any] = ()) -> None:
+        self.pm = pluggy.PluginManager(GROUP)
+        self.pm.add_hookspecs(hookspecs)
+        self.statuses: dict[str, PluginStatus] = {}
+        self.strict = os.environ.get("COLLECTIVE_STRICT_PLUGINS", "") not in ("", "0")
+        for module_name in DEFAULT_PLUGINS:
+            self._register_module(importlib.import_module(module_name), module_name, builtin=True)
+        for plugin in plugins:
+            name = getattr(plugin, "__name__", repr(plugin))
+            self._register_module(plugin, name)
+        if load_entrypoints:
+            self.load_entrypoints()
+
+    # -- loading -------------------------------------------------------------
+    def _register_module(self, module: Any, name: str, builtin: bool = False, **meta: Any) -> None:
+        status = PluginStatus(name=name, module=getattr(module, "__name__", name), builtin=builtin, **meta)
+        try:
+            self.pm.register(module, name=name)
+            self.pm.check_pending()
+        except Exception as exc:  # a misspelled hook, a bad hookimpl signature
+            if self.pm.is_registered(module):
+                self.pm.unregister(module)
+            status.status = f"failed: {type(exc).__name__}: {exc}"
+            self._report(status)
+        else:
+            status.hooks = sorted(h.name for h in self.pm.get_hookcallers(module) or [])
+        self.statuses[name] = status
+
+    def load_entrypoints(self) -> None:
+        """Load every ``collective`` entry point, one at a time, honouring the env switches."""
+        only = _env_list("COLLECTIVE_LOAD_PLUGINS")
+        blocked = set(_env_list("COLLECTIVE_DISABLE_PLUGINS") or [])
+        for ep in entry_points():
+            dist = getattr(ep, "dist", None)
+            meta = {
+                "distribution": dist.metadata["Name"] if dist else "unknown",
+                "version": dist.version if dist else "unknown",
+            }
+            if (only is not None and ep.name not in only) or ep.name in blocked:
+                self.pm.set_blocked(ep.name)
+                self.statuses[ep.name] = PluginStatus(ep.name, ep.value, status="blocked", **meta)
+                continue
+            why = _incompatible(dist)
+            if why:
+                status = PluginStatus(ep.name, ep.value, status=why, **meta)
+                self._report(status)
+                self.statuses[ep.name] = status
+                continue
+            try:
+                module = ep.load()
+            except Exception as exc:
+                status = PluginStatus(ep.name, ep.value, status=f"failed: {type(exc).__name__}: {exc}", **meta)
+                self._report(status, exc)
+                self.statuses[ep.name] = status
+                continue
+            self._register_module(module, ep.name, **meta)
+
+    def _report(self, status: PluginStatus, exc: BaseException | None = None) -> None:
+        message = (
+            f'While loading plugin "{status.name}" ({status.distribution} {status.version}) '
+            f"an error occurred: {status.status}. It is skipped; fix or uninstall it "
+            f"(pip uninstall {status.distribution}) or disable it with "
+            f"COLLECTIVE_DISABLE_PLUGINS={status.name}"
+        )
+        if self.strict:
+            raise PluginError(message) from exc
+        log.warning(message, exc_info=exc if log.isEnabledFor(logging.DEBUG) else None)
+
+    def register(self, plugin: Any, name: str) -> None:
+        """Register a throw-away plugin (tests)."""
+        self._register_module(plugin, name)
+
+    def unregister(self, name: str) -> None:
+        plugin = self.pm.get_plugin(name)
+        if plugin is not None:
+            self.pm.unregister(plugin)
+        self.statuses.pop(name, None)
+
+    # -- registries ----------------------------------------------------------
+    def _collect(self, hook_name: str, key: Callable[[Any], str], **kwargs: Any) -> dict[str, Any]:
+        """Call a registration hook and key the flattened results by name.
+
+        Each plugin is called on its own so a failing implementation is
+        reported by plugin name and the others still count.
+        """
+        hook = getattr(self.pm.hook, hook_name)
+        registry: dict[str, Any] = {}
+        owners: dict[str, str] = {}
+        for impl in hook.get_hookimpls():
+            try:
+                result = impl.function(**{k: kwargs[k] for k in impl.argnames})
+                items = list(result or [])
+            except Exception as exc:
+                status = self.statuses.get(impl.plugin_name) or PluginStatus(impl.plugin_name, "?")
+                status.status = f"failed: {hook_name}: {type(exc).__name__}: {exc}"
+                self.statuses[impl.plugin_name] = status
+                self._report(status, exc)
+                continue
+            for item in items:
+                name = key(item)
+                if name in registry:
+                    raise PluginError(
+                        f"Conflicting plugins: {hook_name} name {name!r} is provided by both "
+                        f"{owners[name]!r} and {impl.plugin_name!r}"
+                    )
+                registry[name] = item
+                owners[name] = impl.plugin_name
+        return dict(sorted(registry.items()))
+
+    def agents(self) -> dict[str, type]:
+        return self._collect("collective_agents", lambda cls: cls.name)
+
+    def ddl_files(self) -> dict[str, Any]:
+        """DDL resources keyed by agent name (the file stem)."""
+        return self._collect("collective_ddls", lambda res: res.name.rsplit(".", 1)[0])
+
+    def fact_sources(self) -> dict[str, type]:
+        return self._collect("collective_fact_sources", lambda cls: cls.name)
+
+    def security_providers(self) -> dict[str, type]:
+        return self._collect("collective_security_providers", lambda cls: cls.name)
+
+    def connectors(self) -> dict[str, type]:
+        return self._collect("collective_connectors", lambda cls: cls.name)
+
+    def authorizers(self) -> dict[str, type]:
+        return self._collect("collective_authorizers", lambda cls: cls.name)
+
+    def discovery_methods(self) -> dict[str, type]:
+        return self._collect("collective_discovery_methods", lambda cls: cls.name)
+
+    def data_plugins(self) -> dict[str, Any]:
+        return self._collect("collective_data_plugins", lambda p: p.name)
+
+    def audit_sinks(self) -> dict[str, type]:
+        return self._collect("collective_audit_sinks", lambda cls: cls.name)
+
+    def formats(self) -> dict[str, Any]:
+        return self._collect("collective_formats", lambda f: f.name)
+
+    def add_cli_commands(self, cli: Any) -> None:
+        self._collect("collective_cli_commands", lambda _: "", cli=cli)
+
+
+def get_plugin_manager(load_entrypoints: bool = True, plugins: Iterable[Any] = ()) -> PluginManager:
+    """Build a plugin manager (a factory, not a global: tests build their own)."""
+    return PluginManager(load_entrypoints=load_entrypoints, plugins=plugins)
+
+
+def resolve(name: str, registry: dict[str, Any], kind: str) -> Any:
+    """Pick ``name`` from ``registry`` or raise a "did you mean" error."""
+    try:
+        return registry[name]
+    except KeyError:
+        import difflib
+
+        close = difflib.get_close_matches(name, list(registry), n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        known = ", ".join(registry) or "none"
+        raise PluginError(f"Unknown {kind} {name!r} (known: {known}).{hint}") from None

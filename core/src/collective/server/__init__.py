@@ -1,0 +1,1 @@
+"""The daemon side: :mod:`.dispatch` (validation, authorization, actions), :mod:`.pool`, :mod:`.daemon`."""

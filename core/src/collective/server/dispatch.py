@@ -1,0 +1,324 @@
+"""From a verified request to a reply: DDL validation, authorization, the action.
+
+:class:`AgentHost` holds the agents of one node. The daemon calls
+:meth:`AgentHost.prepare` on its receive thread (cheap: names, DDL validation,
+authorization) and :meth:`AgentHost.run` in a worker pool with the DDL timeout.
+Both only read state built by :meth:`AgentHost.load`, so they are thread-safe;
+on SIGHUP the daemon builds a new host rather than changing this one.
+
+Order matters (THREATS S6): unknown agent or action (status 2) before anything
+else, then DDL validation (3 or 4), then authorization (1), and only then the
+action; an agent's code never runs for a request that failed any of them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from .. import __version__
+from ..agent import Agent, Reply, Request, RPCError, check_agent
+from ..authz import AuthzContext, Decision
+from ..ddl import AgentDDL, RequestError
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from ..config import Config
+
+log = logging.getLogger(__name__)
+
+__all__ = ["AgentHost", "CallInfo", "NodeContext", "Outcome", "StaticNode"]
+
+NOT_AUTHORIZED = "You are not authorized to call this agent or action."
+
+#: The counters ``rpcutil daemon_stats`` reports (MCollective ``runnerstats.rb``).
+STAT_COUNTERS = ("total", "validated", "unvalidated", "passed", "filtered", "replies", "ttlexpired")
+
+
+@runtime_checkable
+class NodeContext(Protocol):
+    """What agents (``self.node``) and the host may ask about the node they run on."""
+
+    identity: str
+    config: Config
+    #: unix seconds when the daemon started
+    start_time: float
+    collectives: list[str]
+    version: str
+
+    def facts(self) -> dict[str, Any]: ...
+
+    def classes(self) -> list[str]: ...
+
+    def agent_ddls(self) -> dict[str, AgentDDL]: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def data_plugins(self) -> list[str]: ...
+
+
+class StaticNode:
+    """A :class:`NodeContext` with fixed facts, for tests and the in-process node.
+
+    An :class:`AgentHost` built with it binds itself, so :meth:`agent_ddls` and
+    :meth:`stats` describe that host's agents.
+    """
+
+    def __init__(self, identity: str, config: Config, facts: Mapping[str, Any] | None = None,
+                 classes: list[str] | None = None, collectives: list[str] | None = None,
+                 version: str = __version__, start_time: float | None = None,
+                 stats: Mapping[str, Any] | None = None, data_plugins: list[str] | None = None) -> None:
+        self.identity = identity
+        self.config = config
+        self.start_time = time.time() if start_time is None else start_time
+        self.collectives = list(collectives if collectives is not None else config.collectives)
+        self.version = version
+        self._facts = dict(facts or {})
+        self._classes = list(classes or [])
+        self._stats = dict(stats or {})
+        self._data_plugins = list(data_plugins or [])
+        self.host: AgentHost | None = None
+
+    @property
+    def main_collective(self) -> str:
+        return self.config.main_collective
+
+    def bind_host(self, host: AgentHost) -> None:
+        """Called by :class:`AgentHost` so the node can describe its agents."""
+        self.host = host
+
+    def facts(self) -> dict[str, Any]:
+        return dict(self._facts)
+
+    def classes(self) -> list[str]:
+        return list(self._classes)
+
+    def agent_ddls(self) -> dict[str, AgentDDL]:
+        if self.host is None:
+            return {}
+        return {name: agent.ddl for name, agent in sorted(self.host.agents.items())
+                if agent.ddl is not None}
+
+    def data_plugins(self) -> list[str]:
+        return sorted(self._data_plugins)
+
+    def stats(self) -> dict[str, Any]:
+        stats: dict[str, Any] = {name: 0 for name in STAT_COUNTERS}
+        stats.update(
+            pid=os.getpid(),
+            threads=threading.active_count(),
+            agents=sorted(self.host.agents) if self.host else [],
+            starttime=int(self.start_time),
+            configfile=str(self.config.path) if self.config.path else None,
+            version=self.version,
+        )
+        stats.update(self._stats)
+        return stats
+
+
+@dataclass(frozen=True)
+class CallInfo:
+    """One verified request, as the host needs it."""
+
+    request_id: str
+    #: the verified caller
+    caller: str
+    #: the client host
+    sender: str
+    agent: str
+    action: str
+    data: Any
+    collective: str
+    #: unix milliseconds
+    time: int
+    #: ``(host, validated data)``, set by :meth:`AgentHost.prepare` (not part of the call's identity)
+    _prepared: tuple[Any, Mapping[str, Any]] | None = field(default=None, init=False, repr=False,
+                                                            compare=False)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What to reply and audit."""
+
+    statuscode: int
+    statusmsg: str
+    data: dict[str, Any]
+    #: ``allow`` (the action ran or may run), ``deny`` (authorization) or ``invalid``
+    decision: str
+    #: a short machine-friendly reason for the audit log
+    reason: str
+
+
+_REASONS = {0: "ok", 1: "aborted", 2: "unknown_action", 3: "missing_data", 4: "invalid_data",
+            5: "error"}
+
+
+def _short_error(exc: BaseException, limit: int = 160) -> str:
+    """``Type: first line of the message``, cut to ``limit`` characters: never a traceback."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+class AgentHost:
+    """The agents of one node, and the way requests reach them.
+
+    :param config: the daemon config, passed to ``activate`` and the agents
+    :param node: the :class:`NodeContext` agents see as ``self.node``
+    :param agent_classes: agent name -> class (``PluginManager.agents()``)
+    :param ddls: agent name -> validated DDL
+    :param authorizer: an object with ``authorize(AuthzContext) -> Decision``, or
+        None to allow every valid request
+    """
+
+    def __init__(self, config: Config, node: Any, agent_classes: Mapping[str, type],
+                 ddls: Mapping[str, AgentDDL], authorizer: Any = None) -> None:
+        self.config = config
+        self.node = node
+        self.agent_classes = dict(agent_classes)
+        self.ddls = dict(ddls)
+        self.authorizer = authorizer
+        #: agent name -> instance, for the agents that loaded
+        self.agents: dict[str, Agent] = {}
+        self._actions: dict[str, dict[str, Any]] = {}
+        bind = getattr(node, "bind_host", None)
+        if callable(bind):
+            bind(self)
+
+    # -- loading -------------------------------------------------------------------
+    def load(self) -> list[str]:
+        """Instantiate every agent that has a matching DDL and wants to run here.
+
+        A problem disables that agent alone.
+
+        :returns: one message per disabled agent (a quiet ``activate() -> False`` is
+            not a problem)
+        """
+        problems: list[str] = []
+        agents: dict[str, Agent] = {}
+        actions: dict[str, dict[str, Any]] = {}
+        for name, cls in sorted(self.agent_classes.items()):
+            label = f"{getattr(cls, '__module__', '?')}.{getattr(cls, '__qualname__', cls)}"
+            ddl = self.ddls.get(name)
+            if ddl is None:
+                problems.append(f"agent {name} ({label}) disabled: no DDL {name}.json was found for it")
+                continue
+            mismatch = check_agent(cls, ddl)
+            if mismatch:
+                problems.append(f"agent {name} disabled: " + "; ".join(mismatch))
+                continue
+            try:
+                active = cls.activate(self.config)
+            except Exception as exc:
+                log.debug("agent %s activate() failed", name, exc_info=True)
+                problems.append(f"agent {name} ({label}) disabled: activate() failed: {_short_error(exc)}")
+                continue
+            if not active:
+                log.debug("agent %s is not activated on this node", name)
+                continue
+            try:
+                instance = cls(self.config, self.node)
+            except Exception as exc:
+                log.debug("agent %s could not be constructed", name, exc_info=True)
+                problems.append(f"agent {name} ({label}) disabled: {_short_error(exc)}")
+                continue
+            instance.ddl = ddl
+            agents[name] = instance
+            actions[name] = {a: cls.action_function(a) for a in cls.actions()}
+        for name in sorted(set(self.ddls) - set(self.agent_classes)):
+            log.debug("DDL %s has no agent class here (client-only)", name)
+        self.agents, self._actions = agents, actions
+        return problems
+
+    def has(self, agent: str) -> bool:
+        """True when ``agent`` is loaded and active."""
+        return agent in self.agents
+
+    # -- requests ------------------------------------------------------------------
+    def prepare(self, call: CallInfo) -> Outcome | None:
+        """Check names, validate the data and authorize.
+
+        :returns: the refusal to send back, or None when the call may run
+            (decision ``allow``); the validated data is kept on ``call`` for :meth:`run`
+        """
+        agent, action = call.agent, call.action
+        if not isinstance(agent, str) or not isinstance(action, str) \
+                or agent not in self.agents or action not in self._actions.get(agent, {}):
+            return Outcome(2, f"Unknown action {action} for agent {agent}", {}, "invalid",
+                           "unknown_action")
+        act = self.agents[agent].ddl.actions[action]  # type: ignore[union-attr]
+        try:
+            data = act.validate_input(call.data if isinstance(call.data, Mapping) else call.data or {})
+        except RequestError as exc:
+            return Outcome(exc.statuscode, exc.message, act.output_defaults(), "invalid",
+                           _REASONS.get(exc.statuscode, "invalid_data"))
+        frozen = MappingProxyType(data)
+        if self.authorizer is not None:
+            decision = self._authorize(call, frozen)
+            if not decision.allowed:
+                reason = decision.reason + (f" (rule: {decision.rule})" if decision.rule else "")
+                return Outcome(1, NOT_AUTHORIZED, act.output_defaults(), "deny", reason)
+        object.__setattr__(call, "_prepared", (self, frozen))
+        return None
+
+    def _authorize(self, call: CallInfo, data: Mapping[str, Any]) -> Decision:
+        try:
+            ctx = AuthzContext(caller=call.caller, agent=call.agent, action=call.action, data=data,
+                               facts=MappingProxyType(self.node.facts()),
+                               classes=tuple(self.node.classes()), identity=self.node.identity)
+            decision = self.authorizer.authorize(ctx)
+        except Exception as exc:  # fail closed: a broken policy denies
+            log.exception("authorizer failed for %s#%s from %s", call.agent, call.action, call.caller)
+            return Decision(False, f"authorizer error: {type(exc).__name__}")
+        if not isinstance(decision, Decision) and not hasattr(decision, "allowed"):
+            log.error("authorizer returned %r, not a Decision: denying", decision)
+            return Decision(False, "authorizer returned no decision")
+        if decision.allowed is not True:
+            return Decision(False, str(getattr(decision, "reason", "denied")),
+                            getattr(decision, "rule", None))
+        return decision
+
+    def run(self, call: CallInfo) -> Outcome:
+        """Run the action (calling :meth:`prepare` first if it was not) and map
+        exceptions to status codes. Never raises."""
+        if call._prepared is None or call._prepared[0] is not self:
+            refused = self.prepare(call)
+            if refused is not None:
+                return refused
+        assert call._prepared is not None
+        data = call._prepared[1]
+        agent = self.agents[call.agent]
+        func = self._actions[call.agent][call.action]
+        act = agent.ddl.actions[call.action]  # type: ignore[union-attr]
+        request = Request(data, id=call.request_id, caller=call.caller, sender=call.sender,
+                          agent=call.agent, action=call.action, collective=call.collective,
+                          time=call.time)
+        reply = Reply(act.output_defaults())
+        try:
+            func(agent, request, reply)
+        except (RPCError, RequestError) as exc:
+            code = exc.statuscode if isinstance(exc.statuscode, int) and 1 <= exc.statuscode <= 5 else 5
+            log.info("%s#%s (request %s) failed with status %d: %s", call.agent, call.action,
+                     call.request_id, code, exc)
+            reply.fail(str(exc) or _REASONS[code], code)
+        except (Exception, SystemExit) as exc:
+            log.exception("%s#%s (request %s) raised", call.agent, call.action, call.request_id)
+            reply.fail(f"Unknown error in {call.agent}#{call.action}: {_short_error(exc)}", 5)
+        for problem in act.validate_output(reply.data):
+            log.warning("%s (request %s)", problem, call.request_id)
+        out = dict(reply.data)
+        try:
+            json.dumps(out, allow_nan=False)
+        except (TypeError, ValueError) as exc:
+            log.error("%s#%s (request %s) returned data that is not JSON: %s", call.agent,
+                      call.action, call.request_id, exc)
+            return Outcome(5, f"Unknown error in {call.agent}#{call.action}: the reply data "
+                              "cannot be encoded as JSON", act.output_defaults(), "allow", "error")
+        code = reply.statuscode
+        return Outcome(code, reply.statusmsg, out, "allow", _REASONS.get(code, "error"))

@@ -1,0 +1,1 @@
+"""A test-only agent: each action appends a line to the file in ``plugins.canary.log``."""

@@ -1,0 +1,166 @@
+"""End to end: a real fleet (embedded broker + 3 collectived processes) driven by the real `mco`."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from collective.fleet import fleet_down, fleet_up
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("fleet")
+    canary_log = directory / "canary.log"
+    started = fleet_up(directory, nodes=3, extra_server_config={
+        "plugins": {"canary": {"log": str(canary_log)}}})
+    yield started
+    fleet_down(directory)
+
+
+def mco(fleet, *args, timeout=60, config=True):
+    """Run the real `mco` against the fleet; return (exit status, stdout, stderr)."""
+    extra = ["-c", str(fleet.client_config)] if config else []
+    proc = subprocess.run([sys.executable, "-m", "collective", *args, *extra],
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_ping_lists_every_node_with_its_time(fleet):
+    code, out, _ = mco(fleet, "ping")
+    assert code == 0
+    lines = [line.split() for line in out.splitlines() if line.startswith("node-")]
+    assert sorted(parts[0] for parts in lines) == ["node-001", "node-002", "node-003"]
+    assert all(parts[1].startswith("time=") and parts[2] == "ms" for parts in lines)
+    assert "---- ping statistics ----" in out
+    assert "3 replies max:" in out
+
+
+def test_ping_with_identities_ends_as_soon_as_they_answer(fleet):
+    started = time.monotonic()
+    code, out, _ = mco(fleet, "ping", "-I", "node-001", "-I", "node-003", "--dt", "10")
+    assert code == 0
+    assert time.monotonic() - started < 5, "direct ping waited for the 10 s discovery timeout"
+    assert "2 replies" in out
+
+
+@pytest.mark.parametrize(("filters", "expected"), [
+    (["-F", "role=web"], ["node-001"]),
+    (["-F", "os.family=debian"], ["node-001", "node-003"]),
+    (["-F", "index>=2"], ["node-002", "node-003"]),
+    (["-F", "role!=web"], ["node-002", "node-003"]),
+    (["-F", "role=/^(db|cache)$/"], ["node-002", "node-003"]),
+    (["-C", "role::db"], ["node-002"]),
+    (["-C", "/^role::c/"], ["node-003"]),
+    (["-I", "node-001", "-I", "node-002"], ["node-001", "node-002"]),
+    (["-I", "/node-00[23]/"], ["node-002", "node-003"]),
+    (["-A", "canary"], ["node-001", "node-002", "node-003"]),
+    (["-A", "nosuchagent"], []),
+    (["-W", "base role=cache"], ["node-003"]),
+    (["-F", "location=uk", "-F", "role=db"], ["node-002"]),
+])
+def test_find_filters(fleet, filters, expected):
+    code, out, _ = mco(fleet, "find", *filters, "--dt", "1")
+    assert out.split() == expected
+    assert code == (0 if expected else 1)
+
+
+def test_bad_fact_filter_is_one_clear_line(fleet):
+    code, out, err = mco(fleet, "find", "-F", "uk")
+    assert code == 1
+    assert "Could not parse fact" in err
+    assert "Traceback" not in err
+
+
+def test_rpc_prints_nodes_summary_and_finished_line(fleet):
+    code, out, _ = mco(fleet, "rpc", "rpcutil", "get_fact", "fact=role", "--dt", "1")
+    assert code == 0
+    for node in ("node-001", "node-002", "node-003"):
+        assert node in out
+    assert "Summary of Value:" in out
+    assert "web = 1" in out
+    assert "Finished processing 3 / 3 hosts in" in out
+
+
+def test_rpc_direct_addressing_needs_no_discovery(fleet):
+    started = time.monotonic()
+    code, out, _ = mco(fleet, "rpc", "rpcutil", "ping", "-I", "node-002", "--dt", "10")
+    assert code == 0
+    assert "Finished processing 1 / 1 hosts" in out
+    assert time.monotonic() - started < 5
+
+
+def test_rpc_no_response_from_missing_node(fleet):
+    code, out, _ = mco(fleet, "rpc", "rpcutil", "ping", "-I", "node-001", "-I", "nosuchnode", "-t", "1")
+    assert "Finished processing 1 / 2 hosts" in out
+    assert "No response from:" in out and "nosuchnode" in out
+    assert code == 2
+
+
+def test_rpc_json_output(fleet):
+    code, out, _ = mco(fleet, "rpc", "rpcutil", "collective_info", "--json", "--dt", "1")
+    assert code == 0
+    replies = json.loads(out)
+    assert sorted(r["sender"] for r in replies) == ["node-001", "node-002", "node-003"]
+    assert all(r["statuscode"] == 0 and r["data"]["main_collective"] == "mcollective" for r in replies)
+
+
+def test_rpc_invalid_input_is_refused_before_sending(fleet):
+    code, _, err = mco(fleet, "rpc", "rpcutil", "get_fact", "fact=a;b", "-I", "node-001")
+    assert code == 1
+    assert "fact" in err and "Traceback" not in err
+    code, _, err = mco(fleet, "rpc", "rpcutil", "get_fact", "nosuch=1", "-I", "node-001")
+    assert code == 1 and "not declared in the DDL" in err
+
+
+def test_rpc_failing_action_sets_exit_status(fleet):
+    code, out, _ = mco(fleet, "rpc", "canary", "fail", "-I", "node-001")
+    assert code == 2
+    assert "Unknown Request Status" in out
+
+
+def test_get_config_item_never_returns_secrets(fleet):
+    code, out, _ = mco(fleet, "rpc", "rpcutil", "get_config_item", "item=security.private_key",
+                       "-I", "node-001")
+    assert code == 2
+    assert "Request Aborted" in out
+    assert ".key" not in out
+
+
+def test_inventory(fleet):
+    code, out, _ = mco(fleet, "inventory", "node-002")
+    assert code == 0
+    assert "Inventory for node-002:" in out
+    assert "canary" in out and "rpcutil" in out
+    assert "role => db" in out
+    assert "os.family => redhat" in out
+    assert "role::db" in out
+
+
+def test_facts_report(fleet):
+    code, out, _ = mco(fleet, "facts", "role", "--dt", "1")
+    assert code == 0
+    assert "Report for fact: role" in out
+    assert out.count("found 1 times") == 3
+
+
+def test_plugin_list_and_doc(fleet):
+    code, out, _ = mco(fleet, "plugin", "list", config=False)
+    assert code == 0 and "test-canary" in out and "ok" in out
+    code, out, _ = mco(fleet, "plugin", "doc", "rpcutil", config=False)
+    assert code == 0
+    assert "get_fact action:" in out and "Display As: Value" in out
+
+
+def test_node_logs_and_audit_exist(fleet):
+    node_dir = Path(fleet.directory) / "nodes" / "node-001"
+    audit = node_dir / "audit.jsonl"
+    assert audit.exists()
+    assert oct(audit.stat().st_mode & 0o777) == "0o600"
+    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    assert any(line["agent"] == "rpcutil" and line["decision"] == "allow" for line in lines)
