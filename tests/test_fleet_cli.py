@@ -10,14 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from collective.fleet import fleet_down, fleet_up
+from collective.fleet import BrokerSpec, fleet_down, fleet_up
 
 
-@pytest.fixture(scope="module")
-def fleet(tmp_path_factory):
+@pytest.fixture(scope="module", params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def fleet(request, tmp_path_factory):
+    """Three real collectived processes on the embedded broker, or on RabbitMQ's STOMP plugin."""
+    spec = None
+    if request.param == "rabbitmq":
+        rmq = request.getfixturevalue("collective_rabbitmq")
+        spec = BrokerSpec(flavour="rabbitmq", port=rmq.stomp_port, user=rmq.user,
+                          password=rmq.password, vhost=rmq.vhost)
     directory = tmp_path_factory.mktemp("fleet")
     canary_log = directory / "canary.log"
-    started = fleet_up(directory, nodes=3, extra_server_config={
+    started = fleet_up(directory, nodes=3, broker=spec, extra_server_config={
         "plugins": {"canary": {"log": str(canary_log)}}})
     yield started
     fleet_down(directory)

@@ -31,9 +31,9 @@ NODE = "node-x"
 class Env:
     """A daemon, its keys and a raw publisher on one embedded broker."""
 
-    def __init__(self, tmp: Path, port: int, server_extra: dict | None = None) -> None:
+    def __init__(self, tmp: Path, broker: dict, server_extra: dict | None = None) -> None:
         self.tmp = tmp
-        self.port = port
+        self.broker = {**broker, "heartbeat_ms": 2000}
         self.keys = tmp / "keys"
         self.trust = tmp / "trust"
         for sub in ("clients", "nodes"):
@@ -48,13 +48,12 @@ class Env:
         self.audit = tmp / "audit.jsonl"
         server = {
             "identity": NODE,
-            "broker": {"port": port, "heartbeat_ms": 2000},
+            "broker": self.broker,
             "security": {"private_key": str(self.keys / f"{NODE}.key"), "trust_dir": str(self.trust)},
             "audit": {"file": str(self.audit)},
             "plugins": {"canary": {"log": str(self.canary)}},
         }
-        for key, value in (server_extra or {}).items():
-            server.setdefault(key, {}).update(value) if isinstance(value, dict) else server.update({key: value})
+        server.update(server_extra or {})
         pm = get_plugin_manager(load_entrypoints=False, plugins=[canary_plugin])
         self.daemon = Daemon(Config(server, kind="server", env={}), pm=pm)
         self.daemon.start(connect_timeout=10)
@@ -67,7 +66,7 @@ class Env:
     def client_config(self, name: str) -> Config:
         return Config({
             "identity": "tester",
-            "broker": {"port": self.port, "heartbeat_ms": 2000},
+            "broker": self.broker,
             "security": {"identity": name, "private_key": str(self.keys / f"{name}.key"),
                          "trust_dir": str(self.trust)},
         }, kind="client", env={})
@@ -112,9 +111,17 @@ class Env:
         self.daemon.stop()
 
 
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+def broker(request):
+    """The ``broker`` config section of a real broker: embedded, or RabbitMQ's STOMP plugin."""
+    if request.param == "embedded":
+        return {"port": request.getfixturevalue("collective_broker").port}
+    return request.getfixturevalue("collective_rabbitmq").broker_config()
+
+
 @pytest.fixture
-def env(tmp_path, collective_broker):
-    environment = Env(tmp_path, collective_broker.port)
+def env(tmp_path, broker):
+    environment = Env(tmp_path, broker)
     yield environment
     environment.close()
 
@@ -256,7 +263,15 @@ def test_undeclared_input_is_refused_on_the_node(env):
     assert env.canary_lines() == []
 
 
-def test_malformed_stomp_frame_closes_only_that_connection(env, collective_broker):
+def test_malformed_stomp_frame_closes_only_that_connection(tmp_path, collective_broker):
+    env = Env(tmp_path, {"port": collective_broker.port})
+    try:
+        _malformed_frame(env, collective_broker)
+    finally:
+        env.close()
+
+
+def _malformed_frame(env, collective_broker):
     with socket.create_connection(("127.0.0.1", collective_broker.port), timeout=5) as sock:
         sock.sendall(b"CONNECT\naccept-version:1.2\nhost:x\n\n\0GARBAGE FRAME\nno colon here\n\n\0")
         data = b""
@@ -300,8 +315,8 @@ def test_forged_reply_is_dropped_by_the_client(env):
     assert result.stats.forged_replies >= 1
 
 
-def test_slow_actions_do_not_stop_rpcutil_and_overflow_is_busy(tmp_path, collective_broker):
-    environment = Env(tmp_path, collective_broker.port,
+def test_slow_actions_do_not_stop_rpcutil_and_overflow_is_busy(tmp_path, broker):
+    environment = Env(tmp_path, broker,
                       server_extra={"server": {"max_concurrent": 2, "max_queued": 1}})
     try:
         client = Client(environment.client_config("alice"),

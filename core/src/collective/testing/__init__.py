@@ -4,6 +4,7 @@
   authorization and dispatch, no broker, plugins passed in explicitly.
 - ``collective_broker``: an embedded STOMP broker on an ephemeral loopback port.
 - ``collective_fleet``: a real local fleet (broker + N ``collectived`` processes).
+- ``collective_rabbitmq``: a private RabbitMQ with its STOMP plugin (session-wide).
 - ``check_plugin(module)``: the checks every plugin should pass.
 - ``require(what, why)``: skip locally, but *fail* under ``CI=true``, when a real
   component is missing.
@@ -87,6 +88,19 @@ def collective_broker() -> Iterator[Any]:
         yield broker
     finally:
         broker.stop()
+
+
+@pytest.fixture(scope="session")
+def collective_rabbitmq() -> Iterator[Any]:
+    """A private RabbitMQ node with the STOMP plugin on loopback, shared by the session
+    (``.broker_config()`` gives the ``broker`` config section). Missing RabbitMQ
+    skips locally and fails under ``CI=true``."""
+    from .rabbitmq import RabbitMQServer, rabbitmq_available
+
+    reason = rabbitmq_available()
+    require(reason is None, f"RabbitMQ is not usable: {reason}")
+    with RabbitMQServer() as server:
+        yield server
 
 
 @pytest.fixture
