@@ -143,3 +143,17 @@ def test_every_hook_has_a_docstring_and_a_docs_section():
         signature = f"{name}{inspect.signature(fn)}".replace("'", "")
         assert f"## `{name}`" in docs, f"docs/plugins.md has no section for {name}"
         assert signature in docs, f"docs/plugins.md does not show the signature {signature}"
+
+
+@pytest.mark.parametrize(("version", "spec", "ok"), [
+    ("0.1.0", ">=0.1,<0.2", True),
+    ("0.2.0", ">=0.1,<0.2", False),
+    ("0.1.5", "==0.1.5", True),
+    ("0.1.5", "!=0.1.5", False),
+    ("1.0", ">0.9", True),
+    ("0.1.0", "", True),
+    ("0.1.0", "~=0.1", None),
+    ("0.1.0", "==0.1.*", None),
+])
+def test_simple_version_specifiers(version, spec, ok):
+    assert plugins.version_satisfies(version, spec) is ok

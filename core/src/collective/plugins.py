@@ -62,6 +62,31 @@ def _env_list(name: str) -> list[str] | None:
 
 
 _REQ = re.compile(r"^collective-core\s*(?P<spec>[^;]*)", re.IGNORECASE)
+_CLAUSE = re.compile(r"^(?P<op>>=|<=|==|!=|>|<)\s*(?P<version>\d+(?:\.\d+)*)$")
+_COMPARE = {
+    ">=": lambda a, b: a >= b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b,
+    "<": lambda a, b: a < b, "==": lambda a, b: a == b, "!=": lambda a, b: a != b,
+}
+
+
+def _release(version: str) -> tuple[int, ...]:
+    numbers = tuple(int(n) for n in re.findall(r"\d+", version.split("+")[0])[:4])
+    return numbers + (0,) * (4 - len(numbers))
+
+
+def version_satisfies(version: str, spec: str) -> bool | None:
+    """Whether ``version`` meets a simple specifier such as ``>=0.1,<0.2``.
+
+    Returns None for anything fancier (``~=``, wildcards, pre-releases), which the
+    caller hands to ``packaging``; importing that for every run costs 1.6 MB of RSS.
+    """
+    for clause in filter(None, (c.strip() for c in spec.split(","))):
+        match = _CLAUSE.match(clause)
+        if not match:
+            return None
+        if not _COMPARE[match["op"]](_release(version), _release(match["version"])):
+            return False
+    return True
 
 
 def _incompatible(dist: md.Distribution | None) -> str | None:
@@ -73,13 +98,14 @@ def _incompatible(dist: md.Distribution | None) -> str | None:
         if not match:
             continue
         spec = match.group("spec").strip().strip("()")
-        if not spec:
-            return None
-        try:
-            from packaging.specifiers import SpecifierSet
-        except ImportError:  # packaging is optional; without it, trust the installer
-            return None
-        if __version__ not in SpecifierSet(spec, prereleases=True):
+        ok = version_satisfies(__version__, spec)
+        if ok is None:
+            try:
+                from packaging.specifiers import SpecifierSet
+            except ImportError:  # without packaging, trust the installer
+                return None
+            ok = __version__ in SpecifierSet(spec, prereleases=True)
+        if not ok:
             return f"incompatible: needs collective-core{spec}, found {__version__}"
     return None
 
