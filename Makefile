@@ -23,7 +23,7 @@ demo: install  ## a local fleet of 3 on the embedded broker, driven by mco
 	@bash scripts/demo.sh $(DEMO_DIR)
 
 test: system-deps install  ## the whole test suite, both brokers
-	$(BIN)/ruff check core plugins tests bench
+	$(BIN)/ruff check core tests bench $(wildcard plugins)
 	$(BIN)/python -m pytest
 
 bench: install

@@ -10,15 +10,14 @@ from typing import Any
 
 import click
 
-from .options import build_filter, common_options, fail, filter_options, guarded, make_client
+from .options import common_options, fail, filter_options, guarded, make_client
 
 
 @click.command()
 @filter_options
 @common_options
 @guarded("ping")
-def ping(config_path: str | None, facts: tuple[str, ...], classes: tuple[str, ...],
-         identities: tuple[str, ...], agents: tuple[str, ...], combined: tuple[str, ...],
+def ping(config_path: str | None, flt: Any,
          collective: str | None, discovery_timeout: float | None, timeout: float | None,
          as_json: bool, verbose: bool, no_progress: bool) -> None:
     """Ping the nodes that match the filter and print each one's round trip.
@@ -26,7 +25,6 @@ def ping(config_path: str | None, facts: tuple[str, ...], classes: tuple[str, ..
     Ends when the discovery timeout passes, or as soon as every node named
     with -I answered.
     """
-    flt = build_filter(facts, classes, identities, agents, combined)
     with make_client(config_path, collective) as client:
 
         def show(reply: Any) -> None:
@@ -55,12 +53,10 @@ def ping(config_path: str | None, facts: tuple[str, ...], classes: tuple[str, ..
 @filter_options
 @common_options
 @guarded("find")
-def find(config_path: str | None, facts: tuple[str, ...], classes: tuple[str, ...],
-         identities: tuple[str, ...], agents: tuple[str, ...], combined: tuple[str, ...],
+def find(config_path: str | None, flt: Any,
          collective: str | None, discovery_timeout: float | None, timeout: float | None,
          as_json: bool, verbose: bool, no_progress: bool) -> None:
     """Print the identity of every node that matches the filter, one per line."""
-    flt = build_filter(facts, classes, identities, agents, combined)
     with make_client(config_path, collective) as client:
         nodes = [r.sender for r in client.ping(flt, timeout if timeout is not None else discovery_timeout)]
     if as_json:
@@ -143,12 +139,9 @@ def _columns(items: list[str], per_line: int = 3) -> list[str]:
 @filter_options
 @common_options
 @guarded("facts")
-def facts(fact: str, config_path: str | None, facts: tuple[str, ...], classes: tuple[str, ...],
-          identities: tuple[str, ...], agents: tuple[str, ...], combined: tuple[str, ...],
-          collective: str | None, discovery_timeout: float | None, timeout: float | None,
+def facts(fact: str, config_path: str | None, flt: Any, collective: str | None, discovery_timeout: float | None, timeout: float | None,
           as_json: bool, verbose: bool, no_progress: bool) -> None:
     """Report how often each value of FACT occurs across the matching nodes."""
-    flt = build_filter(facts, classes, identities, agents, combined)
     started = time.monotonic()
     with make_client(config_path, collective) as client:
         result = client.rpc("rpcutil", "get_fact", {"fact": fact}, filter=flt, timeout=timeout,

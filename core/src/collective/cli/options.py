@@ -13,7 +13,24 @@ F = Callable[..., Any]
 
 
 def filter_options(func: F) -> F:
-    """``-F -C -I -A -W`` as MCollective spells them, plus ``-T``, ``--dt``, ``-t``."""
+    """``-F -C -I -A -W`` as MCollective spells them, plus ``-T`` and ``--dt``.
+
+    The command receives the parsed :class:`~collective.filters.Filter` as ``flt``;
+    a filter that does not parse ends the command with one clear line.
+    """
+
+    @functools.wraps(func)
+    def inner(*args: Any, facts: tuple[str, ...] = (), classes: tuple[str, ...] = (),
+              identities: tuple[str, ...] = (), agents: tuple[str, ...] = (),
+              combined: tuple[str, ...] = (), **kwargs: Any) -> Any:
+        from ..filters import FilterError
+
+        try:
+            kwargs["flt"] = build_filter(facts, classes, identities, agents, combined)
+        except FilterError as exc:
+            fail(click.get_current_context().info_name or "mco", str(exc), kwargs.get("verbose", False))
+        return func(*args, **kwargs)
+
     decorators = [
         click.option("-F", "--wf", "--with-fact", "facts", multiple=True, metavar="FACT",
                      help="Fact filter: fact=value, fact!=v, fact>=3, fact=~re, fact=/re/"),
@@ -30,8 +47,8 @@ def filter_options(func: F) -> F:
                      help="Discovery timeout in seconds"),
     ]
     for decorator in reversed(decorators):
-        func = decorator(func)
-    return func
+        inner = decorator(inner)
+    return inner  # type: ignore[return-value]
 
 
 def common_options(func: F) -> F:

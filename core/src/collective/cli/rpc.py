@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import sys
 import time
+from typing import Any
 
 import click
 
 from .options import (
     Progress,
-    build_filter,
     common_options,
     fail,
     filter_options,
@@ -38,8 +38,7 @@ def parse_arguments(pairs: tuple[str, ...]) -> dict[str, str]:
               help="Which replies to print (default: the DDL's display policy)")
 @guarded("rpc")
 def rpc(agent: str, action: str, arguments: tuple[str, ...], config_path: str | None,
-        facts: tuple[str, ...], classes: tuple[str, ...], identities: tuple[str, ...],
-        agents: tuple[str, ...], combined: tuple[str, ...], collective: str | None,
+        flt: Any, collective: str | None,
         discovery_timeout: float | None, timeout: float | None, as_json: bool, verbose: bool,
         no_progress: bool, display: str | None) -> None:
     """Call AGENT's ACTION on the matching nodes with key=value ARGUMENTS."""
@@ -54,7 +53,6 @@ def rpc(agent: str, action: str, arguments: tuple[str, ...], config_path: str | 
         stats_block,
     )
 
-    flt = build_filter(facts, classes, identities, agents, combined)
     started = time.monotonic()
     with make_client(config_path, collective) as client:
         ddl = client.ddl(agent)
