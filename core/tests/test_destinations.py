@@ -15,6 +15,7 @@ from collective.connectors.destinations import (
 B = Destination.broadcast("mcollective", "rpcutil")
 D = Destination.directed("mcollective", "web-01.example.com")
 R = Destination.reply("mcollective", "c0ffee_42.x-y")
+G = Destination.registration("mcollective")
 
 
 def test_constructors_and_logical_form() -> None:
@@ -143,3 +144,42 @@ def test_unknown_flavour() -> None:
         stomp_subscribe(B, "kafka")
     with pytest.raises(ValueError, match="flavour"):
         stomp_send(B, "kafka")
+
+
+# -- registrations ------------------------------------------------------------------------------
+def test_registration_destination() -> None:
+    assert G == Destination("registration", "mcollective", "")
+    assert G.logical() == "mcollective.registration"
+    assert parse_logical("mcollective.registration") == G
+    assert parse_logical("dc1.prod.registration") == Destination.registration("dc1.prod")
+    with pytest.raises(ValueError, match="no name"):
+        Destination("registration", "mcollective", "x")
+    with pytest.raises(ValueError):
+        Destination.registration("../x")
+
+
+@pytest.mark.parametrize("text", [
+    "registration", ".registration", "mcollective.registration.", "mcollective.registration.x",
+    "mcollective.registration/x", "*.registration", "#.registration", "mcollective.Registration",
+    # two valid readings (a reply id "b.registration" of collective "a", or the
+    # registration topic of collective "a.reply.b"): refused as ambiguous
+    "a.reply.b.registration",
+])
+def test_registration_parse_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_logical(text)
+
+
+def test_registration_mapping_per_flavour() -> None:
+    assert stomp_subscribe(G, "embedded") == ("/topic/mcollective.registration", {})
+    assert stomp_send(G, "embedded")[0] == "/topic/mcollective.registration"
+    assert stomp_subscribe(G, "rabbitmq") == ("/topic/mcollective.registration", {})
+    dest, headers = stomp_send(G, "rabbitmq", ttl=600)
+    assert dest == "/topic/mcollective.registration" and headers == {"expiration": "600000"}
+    assert stomp_subscribe(G, "activemq") == ("/topic/mcollective.registration.agent", {})
+    dest, headers = stomp_send(G, "activemq", ttl=1, now=1000.0)
+    assert dest == "/topic/mcollective.registration.agent" and headers == {"expires": "1001000"}
+    # never the same destination as a request to any agent on embedded / RabbitMQ
+    for flavour in ("embedded", "rabbitmq"):
+        assert stomp_send(G, flavour)[0] != stomp_send(
+            Destination.broadcast("mcollective", "registration"), flavour)[0]

@@ -375,7 +375,11 @@ _GOOD_FACT = {"fact": "a", "operator": "==", "value": "b"}
     ({"cf_class": ["c" * (MAX_VALUE_CHARS + 1)]}, "longer than 1024"),
     ({"fact": [{**_GOOD_FACT, "value": "v" * (MAX_VALUE_CHARS + 1)}]}, "longer than 1024"),
     ({"identity": ["/[/"]}, "invalid regular expression"),
-    ({"compound": [[{"statement": "a=b"}]]}, "compound filters are not supported"),
+    ({"compound": [[{"statement": "a=b"}]]}, "compound filter entries must be strings"),
+    ({"compound": ["role=web and and x"]}, "Parse errors found while parsing -S input"),
+    ({"compound": ["(role=web"]}, "Missing parenthesis"),
+    ({"compound": ["role=/(a+)+/"]}, "nested quantifiers"),
+    ({"compound": ["x" * 4097]}, "at most 4096"),
     ({"compound": "x"}, "must be a list"),
 ])
 def test_from_dict_rejects(data, message):
@@ -389,9 +393,11 @@ def test_limits_are_inclusive():
     assert len(flt.identity) == MAX_ENTRIES
 
 
-def test_compound_rejected_by_matches():
+def test_compound_bad_entries_raise_in_matches():
     with pytest.raises(FilterError, match="compound"):
         Filter(compound=[["x"]]).matches(NODE)
+    with pytest.raises(FilterError, match="Parse errors"):
+        Filter(compound=["a and and b"]).matches(NODE)
 
 
 _name = st.text(alphabet=st.characters(min_codepoint=33, max_codepoint=0x2FF,
@@ -456,3 +462,40 @@ def test_is_identity_only(flt, expected):
 ])
 def test_describe(flt, expected):
     assert flt.describe() == expected
+
+
+# -- compound (-S) -----------------------------------------------------------------
+
+def test_compound_round_trip():
+    flt = Filter(fact=[parse_fact("location=uk")],
+                 compound=["(role=web or role=cache) and not location=us",
+                           "fstat('/etc/hosts').size>0"])
+    wire = json.loads(json.dumps(flt.to_dict()))
+    assert wire["compound"] == flt.compound
+    assert Filter.from_dict(wire) == flt
+    assert Filter.from_dict(wire).to_dict() == wire
+
+
+def test_compound_is_anded_with_the_rest_and_with_each_other():
+    both = Filter(fact=[parse_fact("location=uk")], compound=["role=web or role=db"])
+    assert _matching(both) == [n.identity for n in FLEET if n.facts["location"] == "uk"
+                               and n.facts["role"] in ("web", "db")]
+    two = Filter(compound=["role=web or role=db", "not role=web"])
+    assert _matching(two) == [n.identity for n in FLEET if n.facts["role"] == "db"]
+    assert _matching(Filter(identity=["node-003", "node-004"], compound=["location=uk"])) \
+        == ["node-003"]
+
+
+def test_compound_describe_and_identity_only():
+    flt = Filter(cf_class=["base"], compound=["role=web or role=db", "not location=us"])
+    assert flt.describe() == ("has class base and (fact role is web or fact role is db) "
+                              "and not (fact location is us)")
+    assert Filter(identity=["a"], compound=["x"]).is_identity_only() is False
+    assert Filter(compound=["x"]).is_empty() is False
+
+
+def test_compound_function_without_data_does_not_match():
+    node = NodeInfo(identity="n", facts={"role": "web"})
+    assert Filter(compound=["fstat('/etc/hosts').size>0"]).matches(node) is False
+    assert Filter(compound=["not fstat('/etc/hosts').size>0"]).matches(node) is False
+    assert Filter(compound=["role=web"]).matches(node) is True

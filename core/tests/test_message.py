@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 
 from collective.message import (
     MAX_DEPTH,
+    MAX_REGISTRATION_BYTES,
     MalformedMessage,
+    RegistrationMessage,
     ReplyMessage,
     RequestMessage,
     Wire,
@@ -365,3 +367,86 @@ def test_accepted_envelopes_are_valid_per_json_schema(changes, is_request):
         assert exc.reason == "schema"
         return
     assert jsonschema.Draft202012Validator(schema).is_valid(json.loads(body))
+
+
+# -- registrations -----------------------------------------------------------------------------
+def make_registration(**over):
+    fields = dict(identity="node-001", collective="mcollective", collectives=["mcollective", "uk"],
+                  facts={"role": "web", "os": {"family": "Debian"}}, classes=["base", "role::web"],
+                  agents=[{"name": "rpcutil", "version": "1.0.0"}, {"name": "nrpe", "version": None}],
+                  interval=300)
+    fields.update(over)
+    return RegistrationMessage.new(**fields)
+
+
+def test_registration_round_trips():
+    reg = make_registration()
+    body = reg.to_body()
+    assert json.loads(body)["type"] == "collective.registration/1"
+    back = RegistrationMessage.from_body(body)
+    assert back == reg
+    assert back.agent_names == ["rpcutil", "nrpe"]
+    reg.validate()
+
+
+def test_registration_is_not_a_request_or_reply():
+    body = make_registration().to_body()
+    with pytest.raises(MalformedMessage):
+        RequestMessage.from_body(body)
+    with pytest.raises(MalformedMessage):
+        ReplyMessage.from_body(body)
+    with pytest.raises(MalformedMessage):
+        RegistrationMessage.from_body(make_request().to_body())
+
+
+@pytest.mark.parametrize("changes", [
+    {"identity": "../etc"}, {"identity": "node-001\n"}, {"collective": "de"},
+    {"collectives": "mcollective"}, {"interval": 0}, {"interval": 1.5}, {"interval": True},
+    {"facts": []}, {"classes": [1]}, {"classes": [""]}, {"classes": ["a\nb"]},
+    {"classes": ["x" * 257]},
+    {"agents": [{"name": "Bad-Name", "version": None}]},
+    {"agents": [{"name": "nrpe"}]},
+    {"agents": [{"name": "nrpe", "version": None, "extra": 1}]},
+    {"agents": [{"name": "nrpe", "version": "1 0"}]},
+    {"agents": [{"name": "nrpe", "version": 1}]},
+    {"agents": [{"name": "nrpe", "version": None}, {"name": "nrpe", "version": None}]},
+    {"agents": ["nrpe"]},
+    {"time": -1}, {"extra": 1},
+])
+def test_registration_from_body_rejects(changes):
+    doc = make_registration().to_dict()
+    doc.update(changes)
+    with pytest.raises(MalformedMessage) as exc:
+        RegistrationMessage.from_body(canonical_json(doc))
+    assert reason(exc) == "schema"
+
+
+def test_registration_missing_key_rejected():
+    doc = make_registration().to_dict()
+    del doc["interval"]
+    with pytest.raises(MalformedMessage, match="interval"):
+        RegistrationMessage.from_body(canonical_json(doc))
+
+
+def test_registration_size_cap():
+    facts = {"blob": "x" * (MAX_REGISTRATION_BYTES - 1000)}
+    assert len(make_registration(facts=facts).to_body()) <= MAX_REGISTRATION_BYTES
+    big = make_registration(facts={"blob": "x" * MAX_REGISTRATION_BYTES})
+    with pytest.raises(MalformedMessage) as exc:
+        big.to_body()
+    assert reason(exc) == "oversize"
+    # a receiver checks the size before parsing
+    with pytest.raises(MalformedMessage) as exc:
+        RegistrationMessage.from_body(canonical_json(big.to_dict()))
+    assert reason(exc) == "oversize"
+
+
+def test_registration_facts_that_json_cannot_carry():
+    import datetime
+
+    with pytest.raises(MalformedMessage) as exc:
+        make_registration(facts={"when": datetime.date(2024, 1, 1)}).to_body()
+    assert reason(exc) == "json"
+    with pytest.raises(MalformedMessage) as exc:
+        make_registration(facts={"x": float("nan")}).to_body()
+    assert reason(exc) == "nan"

@@ -20,7 +20,9 @@ from hypothesis import strategies as st
 
 from collective.config import Config
 from collective.message import (
+    MAX_REGISTRATION_BYTES,
     MalformedMessage,
+    RegistrationMessage,
     ReplyMessage,
     RequestMessage,
     canonical_json,
@@ -695,3 +697,142 @@ def test_providers_resolve_lazily():
     assert security.generate_keypair is generate_keypair
     with pytest.raises(AttributeError):
         security.nothing_here  # noqa: B018
+
+
+# -- registrations ----------------------------------------------------------------------------------
+def registration_for(identity: str = "node-001", **over) -> RegistrationMessage:
+    fields = dict(identity=identity, collective="mcollective", collectives=["mcollective"],
+                  facts={"role": "web"}, classes=["base"], agents=[{"name": "rpcutil", "version": "1.0"}],
+                  interval=60)
+    fields.update(over)
+    return RegistrationMessage.new(**fields)
+
+
+def test_registration_round_trip(pair):
+    client, node = pair
+    wire = node.sign(registration_for().to_body(), "registration")
+    verified, registration = client.verify_registration(wire)
+    assert verified.signer == "node-001" and verified.role == "node"
+    assert registration.identity == "node-001"
+    assert registration.facts == {"role": "web"}
+    # any side can verify a registration (another node, or the collector)
+    node.verify_registration(wire)
+
+
+def test_only_nodes_sign_registrations(pair):
+    client, _node = pair
+    with pytest.raises(SecurityError) as exc:
+        client.sign(registration_for().to_body(), "registration")
+    assert exc.value.reason == "wrong_role"
+
+
+def test_client_key_registration_is_wrong_role(pki):
+    """A client key signing a registration with the right domain is still refused."""
+    alice = load_private_key(pki.keys / "alice.key")
+    body = registration_for().to_body()
+    wire = encode_wire("ed25519", key_id(alice.public_key()),
+                       alice.sign(DOMAINS["registration"] + body), body)
+    with pytest.raises(SecurityError) as exc:
+        pki.client("bob").verify_registration(wire)
+    assert exc.value.reason == "wrong_role"
+
+
+def test_unknown_node_key_registration_is_refused(pki):
+    pki.add("node-009", "nodes")
+    wire = pki.node("node-009").sign(registration_for("node-009").to_body(), "registration")
+    (pki.trust / "nodes" / "node-009.pub").unlink()
+    client = pki.client()
+    with pytest.raises(SecurityError) as exc:
+        client.verify_registration(wire)
+    assert exc.value.reason == "unknown_key"
+
+
+def test_registration_signer_must_be_its_identity(pki):
+    """node-001 cannot register as node-002."""
+    wire = pki.node("node-001").sign(registration_for("node-002").to_body(), "registration")
+    with pytest.raises(SecurityError) as exc:
+        pki.client().verify_registration(wire)
+    assert exc.value.reason == "identity_mismatch"
+
+
+def test_psk_registration_identity_is_self_asserted(psk_pair):
+    client, node = psk_pair
+    wire = node.sign(registration_for("node-777").to_body(), "registration")
+    verified, registration = client.verify_registration(wire)
+    assert verified.signer == registration.identity == "node-777"
+
+
+def test_registration_purpose_separation_ed25519(pki):
+    """Registration signatures never verify as requests or replies, nor the reverse."""
+    node_key = load_private_key(pki.keys / "node-001.key")
+    kid = key_id(node_key.public_key())
+    body = registration_for().to_body()
+    client, node = pki.client(), pki.node("node-002")
+    for purpose in ("request", "reply"):
+        wrong = encode_wire("ed25519", kid, node_key.sign(DOMAINS[purpose] + body), body)
+        with pytest.raises(REJECTED):
+            client.verify_registration(wrong)
+    registration_wire = pki.node().sign(body, "registration")
+    client.verify_registration(registration_wire)
+    with pytest.raises(SecurityError) as exc:
+        client.verify(registration_wire, "reply")
+    assert exc.value.reason == "bad_signature"
+    with pytest.raises(REJECTED):
+        node.verify_request(registration_wire)
+    # and a genuine reply signature does not pass as a registration
+    reply_body = reply_for(request_for("cert=alice").to_body()).to_body()
+    reply_wire = pki.node().sign(reply_body, "reply")
+    with pytest.raises(SecurityError) as exc:
+        client.verify(reply_wire, "registration")
+    assert exc.value.reason == "bad_signature"
+
+
+def test_registration_purpose_separation_psk(psk_pair):
+    client, node = psk_pair
+    wire = node.sign(registration_for().to_body(), "registration")
+    for purpose in ("request", "reply"):
+        with pytest.raises(SecurityError) as exc:
+            client.verify(wire, purpose)
+        assert exc.value.reason == "bad_signature"
+    request_wire = client.sign(request_for(client.identity).to_body(), "request")
+    with pytest.raises(SecurityError) as exc:
+        node.verify(request_wire, "registration")
+    assert exc.value.reason == "bad_signature"
+
+
+def test_domains_are_distinct_and_not_prefixes_of_each_other():
+    values = list(DOMAINS.values())
+    assert DOMAINS["registration"] == b"collective/1 registration\n"
+    for a in values:
+        for b in values:
+            assert a == b or not b.startswith(a)
+
+
+def test_oversized_registration_refused_before_parsing(pki, monkeypatch):
+    import collective.message as message_module
+    from collective.message import MAX_REGISTRATION_WIRE_BYTES
+
+    node_key = load_private_key(pki.keys / "node-001.key")
+    kid = key_id(node_key.public_key())
+
+    def signed(body: bytes) -> bytes:
+        return encode_wire("ed25519", kid, node_key.sign(DOMAINS["registration"] + body), body)
+
+    body = registration_for(facts={"blob": "x" * (MAX_REGISTRATION_BYTES - 500)}).to_body()
+    pki.client().verify_registration(pki.node().sign(body, "registration"))  # under the cap
+    # a signed body just over the cap (its wire is still under the wire cap): refused
+    over = body.replace(b'"blob":"', b'"blob":"' + b"y" * (MAX_REGISTRATION_BYTES - len(body) + 10))
+    assert len(over) == MAX_REGISTRATION_BYTES + 10
+    assert len(signed(over)) <= MAX_REGISTRATION_WIRE_BYTES
+    with pytest.raises(MalformedMessage) as exc:
+        pki.client().verify_registration(signed(over))
+    assert exc.value.reason == "oversize"
+    # a wire over the wire cap is refused on its size alone, before anything is parsed
+    huge = signed(over + b" " * 4096)
+    assert len(huge) > MAX_REGISTRATION_WIRE_BYTES
+    calls = []
+    monkeypatch.setattr(message_module, "strict_loads", lambda *a, **k: calls.append(1))
+    with pytest.raises(MalformedMessage) as exc:
+        pki.client().verify_registration(huge)
+    assert exc.value.reason == "oversize"
+    assert calls == []

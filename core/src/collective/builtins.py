@@ -45,3 +45,24 @@ def collective_fact_sources() -> list[type]:
     from .facts import StaticFactSource
 
     return [StaticFactSource]
+
+
+@hookimpl
+def collective_aggregates() -> list[Any]:
+    from .aggregates import BUILTIN_AGGREGATES
+
+    return list(BUILTIN_AGGREGATES)
+
+
+@hookimpl
+def collective_discovery_methods() -> list[type]:
+    from .client.discovery import BUILTIN_METHODS
+
+    return list(BUILTIN_METHODS)
+
+
+@hookimpl
+def collective_data_plugins() -> list[Any]:
+    from .data import BUILTIN_DATA_PLUGINS
+
+    return list(BUILTIN_DATA_PLUGINS)

@@ -104,7 +104,14 @@ SCHEMA: dict[str, Any] = _obj(
                 "registration_interval": {"type": "integer", "minimum": 0},
             }
         ),
-        "discovery": _obj({"timeout": _num, "method": _str}),
+        "discovery": _obj({
+            "timeout": _num,
+            "method": _str,
+            # the SQLite inventory `mco registry collect` fills (inventory discovery)
+            "inventory": _path,
+            # seconds after which an inventory node counts as stale (default: 3 intervals)
+            "stale_after": {"type": ["number", "null"], "exclusiveMinimum": 0},
+        }),
         "rpc": _obj({"timeout": {"type": ["number", "null"]}, "batch_size": _int, "batch_sleep": _num}),
         "logging": _obj(
             {
@@ -142,7 +149,7 @@ DEFAULTS: dict[str, Any] = {
     "authorization": {"provider": None},
     "audit": {"sinks": ["jsonl"], "fail_closed": False},
     "server": {"max_concurrent": 8, "max_queued": 256, "registration_interval": 0},
-    "discovery": {"timeout": 2.0, "method": "broadcast"},
+    "discovery": {"timeout": 2.0, "method": "broadcast", "inventory": None, "stale_after": None},
     "rpc": {"timeout": None},
     "logging": {"level": "INFO"},
     "plugins": {},
@@ -161,6 +168,7 @@ PATH_KEYS = (
     "audit.file",
     "server.pidfile",
     "logging.file",
+    "discovery.inventory",
 )
 
 #: Keys ``rpcutil get_config_item`` may return (an allow-list; secrets are never in it).

@@ -35,15 +35,18 @@ Semantics (MCollective 2.x, REFERENCE.md §2a):
   (lexicographic, by code point): ``index>=48`` is numeric, ``rack>=rack5`` is
   a string comparison, and ``10 > 9`` but ``"v10" < "v9"``.
 
-``compound`` is reserved for the ``-S`` language; this version accepts only an
-empty list.
+``compound`` holds ``-S`` expressions as text (the wire form), each parsed with
+:mod:`collective.compound` -- a real grammar, never ``eval`` -- when the filter
+is validated and again on every node. Several expressions are AND-ed with each
+other and with the rest. Data plugin calls in them (``fstat("/x").size>0``)
+are answered through :attr:`NodeInfo.data`.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -392,12 +395,19 @@ def _match_name(pattern: str, names: Sequence[str]) -> bool:
 
 @dataclass(frozen=True)
 class NodeInfo:
-    """What a node knows about itself when it evaluates a filter."""
+    """What a node knows about itself when it evaluates a filter.
+
+    ``data(name, argument)`` answers compound filter functions such as
+    ``fstat("/etc/hosts")`` with the plugin's outputs, or None when the plugin
+    is unknown or failed (:class:`collective.data.DataResolver`). Without it,
+    an expression that calls a function does not match.
+    """
 
     identity: str
     facts: Mapping[str, Any] = field(default_factory=dict)
     classes: Sequence[str] = ()
     agents: Sequence[str] = ()
+    data: Callable[[str, str | None], dict[str, Any] | None] | None = None
 
 
 _OP_WORDS = {
@@ -414,7 +424,8 @@ class Filter:
     cf_class: list[str] = field(default_factory=list)
     identity: list[str] = field(default_factory=list)
     agent: list[str] = field(default_factory=list)
-    compound: list[Any] = field(default_factory=list)
+    #: ``-S`` expressions, as text
+    compound: list[str] = field(default_factory=list)
 
     # -- wire form ---------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -433,8 +444,10 @@ class Filter:
         """Parse and strictly validate the wire form (``None`` is the empty filter).
 
         Unknown keys, wrong types, more than :data:`MAX_ENTRIES` entries in a list,
-        values over :data:`MAX_VALUE_CHARS` characters, bad or unsafe regexes and a
-        non-empty ``compound`` all raise :class:`FilterError`. Missing keys are empty.
+        values over :data:`MAX_VALUE_CHARS` characters, bad or unsafe regexes and
+        ``compound`` expressions that do not parse (syntax and limits only: the
+        node does not know the client's functions) all raise :class:`FilterError`.
+        Missing keys are empty.
         """
         if data is None:
             return cls()
@@ -472,8 +485,10 @@ class Filter:
                              ("agent", self.agent)):
             for value in values:
                 _check_value(kind, value)
-        if self.compound:
-            raise FilterError("compound filters are not supported by this node yet")
+        for expr in self.compound:
+            if not isinstance(expr, str):
+                raise FilterError(f"compound filter entries must be strings, not {type(expr).__name__}")
+            _compound().parse_cached(expr)
 
     # -- questions -----------------------------------------------------------------
     def is_empty(self) -> bool:
@@ -487,9 +502,11 @@ class Filter:
                 and not (self.fact or self.cf_class or self.agent or self.compound))
 
     def matches(self, node: NodeInfo) -> bool:
-        """Does ``node`` match? Identities OR-ed, everything else AND-ed."""
-        if self.compound:
-            raise FilterError("compound filters are not supported by this node yet")
+        """Does ``node`` match? Identities OR-ed, everything else AND-ed.
+
+        Compound expressions are evaluated last (they may call data plugins);
+        one that does not parse raises :class:`FilterError`.
+        """
         if self.identity and not any(_match_name(i, [node.identity]) for i in self.identity):
             return False
         if self.agent:
@@ -506,6 +523,13 @@ class Filter:
                 return False
             if not any(_compare(v, flt.operator, flt.value) for v in values):
                 return False
+        if self.compound:
+            compound = _compound()
+            for text in self.compound:
+                if not isinstance(text, str):
+                    raise FilterError("compound filter entries must be strings")
+                if not compound.evaluate(compound.parse_cached(text), node):
+                    return False
         return True
 
     def describe(self) -> str:
@@ -526,10 +550,21 @@ class Filter:
             if flt.operator == "=~" and not _is_regex(value):
                 value = f"/{value}/"
             clauses.append(f"fact {flt.fact} {_OP_WORDS.get(flt.operator, flt.operator)} {value}")
-        for expr in self.compound:
-            clauses.append(f"compound {expr}")
+        if self.compound:
+            compound = _compound()
+            for text in self.compound:
+                expr = compound.parse_cached(text)
+                words = compound.describe(expr)
+                clauses.append(f"({words})" if isinstance(expr, compound.Or) else words)
         if not clauses:
             return "every node"
         if len(self.identity) > 1 and len(clauses) > 1:
             clauses[0] = f"({clauses[0]})"
         return " and ".join(clauses)
+
+
+def _compound() -> Any:
+    """:mod:`collective.compound`, imported on first use (it imports this module)."""
+    from . import compound
+
+    return compound

@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,13 @@ def _wait_port(host: str, port: int, timeout: float) -> None:
 
 def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
              timeout: float = 120.0, collectives: list[str] | None = None,
-             extra_server_config: dict[str, Any] | None = None) -> Fleet:
-    """Start a fleet in ``directory`` and return once all ``nodes`` answer."""
+             extra_server_config: dict[str, Any] | None = None,
+             facts_for: Callable[[int, str], dict[str, Any]] | None = None) -> Fleet:
+    """Start a fleet in ``directory`` and return once all ``nodes`` answer.
+
+    :param extra_server_config: top-level sections merged into every node's config.
+    :param facts_for: ``(index, identity) -> facts`` laid over the sample facts of a node.
+    """
     from .security.keys import generate_keypair
 
     directory = directory.resolve()
@@ -198,6 +204,8 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
                 generate_keypair(identity, keys)
                 shutil.copy(keys / f"{identity}.pub", trust / "nodes" / f"{identity}.pub")
             facts, classes = sample_facts(index, identity)
+            if facts_for is not None:
+                facts.update(facts_for(index, identity))
             node_dir.mkdir(parents=True, exist_ok=True)
             (node_dir / "classes.txt").write_text("\n".join(classes) + "\n")
             config: dict[str, Any] = {
@@ -213,7 +221,10 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
                 "server": {"pidfile": "collectived.pid"},
             }
             for key, value in (extra_server_config or {}).items():
-                config[key] = value
+                if isinstance(value, dict) and isinstance(config.get(key), dict):
+                    config[key] = {**config[key], **value}
+                else:
+                    config[key] = value
             _write_yaml(node_dir / "server.yaml", config)
             fleet.pids[identity] = _spawn(
                 [sys.executable, "-m", "collective.server.main", "-c", str(node_dir / "server.yaml")],

@@ -113,8 +113,16 @@ def collective_discovery_methods() -> Iterable[type]:
 
 @hookspec
 def collective_data_plugins() -> Iterable[Any]:
-    """Return data plugins: functions usable in compound filters and policies,
-    such as ``fstat("/etc/hosts").size``.
+    """Return data plugins: functions usable in ``-S`` compound filters and policies,
+    such as ``fstat("/etc/hosts").size > 0``.
+
+    Each is a subclass of :class:`collective.data.DataPlugin` with ``name``,
+    ``description``, ``argument`` (what its one argument means, or None),
+    ``outputs`` (name → description), ``default_output`` and
+    ``query(argument, node) -> dict``. It runs on the node, read-only; the client
+    uses the registry only to refuse unknown functions and fields before sending.
+
+    Example: ``return [ServiceData]`` for ``service("nginx").status=running``.
 
     .. versionadded:: 0.1
     """
@@ -136,6 +144,25 @@ def collective_audit_sinks() -> Iterable[type]:
 def collective_formats() -> Iterable[Any]:
     """Return named input formats (:class:`collective.formats.Format`) that DDL
     inputs reference with ``"format": "NAME"``, such as ``shellsafe`` or ``ipv4``.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def collective_aggregates() -> Iterable[Any]:
+    """Return aggregate functions (:class:`collective.aggregates.Aggregate`) that DDL
+    actions name in ``"aggregate": [{"function": NAME, "args": [OUTPUT, ...]}]``.
+
+    Used by the client only, to print ``Summary of ...`` blocks.
+
+    Example::
+
+        @hookimpl
+        def collective_aggregates():
+            from collective.aggregates import Aggregate, AggregateResult
+            return [Aggregate("nagios_states", lambda values, args: AggregateResult(
+                "collection", {...}))]
 
     .. versionadded:: 0.1
     """

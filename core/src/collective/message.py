@@ -40,6 +40,7 @@ _MAX_INT_DIGITS = len(str(MAX_INT)) + 1
 
 REQUEST_TYPE = "collective.request/1"
 REPLY_TYPE = "collective.reply/1"
+REGISTRATION_TYPE = "collective.registration/1"
 WIRE_VERSION = 1
 WIRE_KEYS = frozenset({"v", "alg", "kid", "sig", "body"})
 
@@ -58,6 +59,19 @@ AGENT_RE = re.compile(AGENT_PATTERN)
 IDENTITY_RE = re.compile(IDENTITY_PATTERN)
 CALLER_RE = re.compile(CALLER_PATTERN)
 _ALG_RE = re.compile(ALG_PATTERN)
+#: A DDL version string in a registration (``"1.2.0"``, ``"0.1.0.dev3+g1a2b"``).
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+_VERSION_RE = re.compile(VERSION_PATTERN)
+
+#: Largest registration *body* a node publishes or a collector accepts (facts can be
+#: large). Over the cap the node logs and skips that registration.
+MAX_REGISTRATION_BYTES = 256 * 1024
+#: The largest wire document that can carry a body of :data:`MAX_REGISTRATION_BYTES`
+#: (base64 grows it by 4/3; the rest of the wrapper is well under 1 KiB).
+MAX_REGISTRATION_WIRE_BYTES = (MAX_REGISTRATION_BYTES + 2) // 3 * 4 + 1024
+#: Longest class name, and most classes / agents, a registration may list.
+MAX_CLASS_CHARS = 256
+MAX_REGISTRATION_ITEMS = 10_000
 _KID_RE = re.compile(KID_PATTERN)
 
 # The characters that matter for nesting: brackets, quotes, and an escape with the
@@ -253,6 +267,25 @@ REPLY_SCHEMA: dict[str, Any] = {
         "statuscode": {"type": "integer", "minimum": 0, "maximum": 5},
         "statusmsg": {"type": "string"},
         "data": {"type": "object"},
+        "time": _time,
+    },
+}
+
+REGISTRATION_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["type", "identity", "collective", "collectives", "facts", "classes", "agents",
+                 "interval", "time"],
+    "properties": {
+        "type": {"const": REGISTRATION_TYPE},
+        "identity": _identity,
+        "collective": _identity,
+        "collectives": {"type": "array", "items": _identity},
+        "facts": {"type": "object"},
+        "classes": {"type": "array", "items": {"type": "string"}},
+        # each {"name": <agent>, "version": <DDL version> | null}; checked in from_body
+        "agents": {"type": "array", "items": {"type": "object"}},
+        "interval": {"type": "integer", "minimum": 1, "maximum": 86_400 * 7},
         "time": _time,
     },
 }
@@ -463,6 +496,94 @@ class ReplyMessage:
     @classmethod
     def from_body(cls, body: bytes) -> ReplyMessage:
         doc = _validate_envelope(strict_loads(body), REPLY_SCHEMA)
+        doc = dict(doc)
+        del doc["type"]
+        return cls(**doc)
+
+
+@dataclass
+class RegistrationMessage:
+    """A node's periodic registration (``collective.registration/1``).
+
+    Published by :class:`collective.server.registration.RegistrationPublisher` to
+    ``C.registration`` for each collective ``C`` of the node, signed by the *node* key
+    for the purpose ``registration`` (its own signature domain), and recorded by
+    :class:`collective.inventory.Collector`. ``agents`` lists
+    ``{"name": AGENT, "version": DDL_VERSION_OR_NULL}``; ``interval`` is the node's
+    registration interval in seconds (the collector uses it to decide staleness);
+    ``time`` is the node's clock in unix ms.
+    """
+
+    TYPE: ClassVar[str] = REGISTRATION_TYPE
+
+    identity: str
+    collective: str
+    collectives: list[str]
+    facts: dict[str, Any]
+    classes: list[str]
+    agents: list[dict[str, Any]]
+    interval: int
+    time: int
+
+    @classmethod
+    def new(cls, **fields: Any) -> RegistrationMessage:
+        """A new registration; ``time`` (now, unix ms) is filled in."""
+        fields.setdefault("time", _now_ms())
+        return cls(**fields)
+
+    @property
+    def agent_names(self) -> list[str]:
+        return [str(agent["name"]) for agent in self.agents]
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["type"] = REGISTRATION_TYPE
+        return out
+
+    def to_body(self) -> bytes:
+        """Canonical body bytes; :class:`MalformedMessage` (reason ``oversize``) over
+        :data:`MAX_REGISTRATION_BYTES`, or when a receiver would refuse the encoding."""
+        try:
+            body = canonical_json(self.to_dict())
+        except TypeError as exc:  # a fact value JSON cannot carry (a date, a set ...)
+            raise MalformedMessage("json", f"facts cannot be encoded as JSON: {exc}") from None
+        if len(body) > MAX_REGISTRATION_BYTES:
+            raise MalformedMessage("oversize", f"registration body is {len(body)} bytes, limit "
+                                               f"{MAX_REGISTRATION_BYTES}")
+        strict_loads(body)
+        return body
+
+    def validate(self) -> None:
+        """Raise :class:`MalformedMessage` unless a receiver would accept this envelope."""
+        type(self).from_body(self.to_body())
+
+    @classmethod
+    def from_body(cls, body: bytes) -> RegistrationMessage:
+        """Strict parse: size cap first, then the envelope schema, then each agent and class."""
+        doc = _validate_envelope(strict_loads(body, max_bytes=MAX_REGISTRATION_BYTES),
+                                 REGISTRATION_SCHEMA)
+        if len(doc["classes"]) > MAX_REGISTRATION_ITEMS or len(doc["agents"]) > MAX_REGISTRATION_ITEMS:
+            raise MalformedMessage("schema", f"more than {MAX_REGISTRATION_ITEMS} classes or agents")
+        for klass in doc["classes"]:
+            if not klass or len(klass) > MAX_CLASS_CHARS or any(c in klass for c in "\x00\n\r"):
+                raise MalformedMessage("schema", f"classes: invalid class name {_short(klass)}")
+        seen: set[str] = set()
+        for agent in doc["agents"]:
+            if set(agent) != {"name", "version"}:
+                raise MalformedMessage("schema", f"agents: each entry must have exactly name and "
+                                                 f"version, got {_short(sorted(agent))}")
+            name, version = agent["name"], agent["version"]
+            if not isinstance(name, str) or not AGENT_RE.fullmatch(name):
+                raise MalformedMessage("schema", f"agents: invalid agent name {_short(name)}")
+            if version is not None and (not isinstance(version, str)
+                                        or not _VERSION_RE.fullmatch(version)):
+                raise MalformedMessage("schema", f"agents: {name}: invalid version {_short(version)}")
+            if name in seen:
+                raise MalformedMessage("schema", f"agents: {name} listed twice")
+            seen.add(name)
+        if doc["collective"] not in doc["collectives"]:
+            raise MalformedMessage("schema", f"collective {doc['collective']!r} is not one of the "
+                                             f"node's collectives")
         doc = dict(doc)
         del doc["type"]
         return cls(**doc)

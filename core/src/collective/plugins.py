@@ -250,6 +250,9 @@ class PluginManager:
     def audit_sinks(self) -> dict[str, type]:
         return self._collect("collective_audit_sinks", lambda cls: cls.name)
 
+    def aggregates(self) -> dict[str, Any]:
+        return self._collect("collective_aggregates", lambda a: a.name)
+
     def formats(self) -> dict[str, Any]:
         return self._collect("collective_formats", lambda f: f.name)
 

@@ -10,6 +10,7 @@ from typing import Any
 
 import click
 
+from .discovery_opts import discovery_options
 from .options import common_options, fail, filter_options, guarded, make_client
 
 
@@ -51,14 +52,27 @@ def ping(config_path: str | None, flt: Any,
 
 @click.command()
 @filter_options
+@discovery_options
 @common_options
 @guarded("find")
-def find(config_path: str | None, flt: Any,
+def find(config_path: str | None, flt: Any, discovery: dict[str, Any],
          collective: str | None, discovery_timeout: float | None, timeout: float | None,
          as_json: bool, verbose: bool, no_progress: bool) -> None:
-    """Print the identity of every node that matches the filter, one per line."""
+    """Print the identity of every node that matches the filter, one per line.
+
+    With --dm inventory the answer comes from the registration inventory at once;
+    nodes that missed their registrations are listed and flagged on stderr.
+    """
     with make_client(config_path, collective) as client:
-        nodes = [r.sender for r in client.ping(flt, timeout if timeout is not None else discovery_timeout)]
+        if discovery["nodes"] is None and not discovery["method"] and not discovery["options"]:
+            nodes = [r.sender for r in client.ping(flt, timeout if timeout is not None else discovery_timeout)]
+            stale: list[str] = []
+        else:
+            nodes, _, stale = client.select_targets(
+                flt, discovery["nodes"], discovery["method"],
+                timeout if timeout is not None else discovery_timeout, discovery["options"])
+    if stale:
+        click.echo(f"Warning: {len(stale)} node(s) missed their registrations: {', '.join(stale)}", err=True)
     if as_json:
         click.echo(json.dumps(nodes, indent=2))
     else:
@@ -137,15 +151,18 @@ def _columns(items: list[str], per_line: int = 3) -> list[str]:
 @click.command()
 @click.argument("fact")
 @filter_options
+@discovery_options
 @common_options
 @guarded("facts")
-def facts(fact: str, config_path: str | None, flt: Any, collective: str | None, discovery_timeout: float | None, timeout: float | None,
+def facts(fact: str, config_path: str | None, flt: Any, discovery: dict[str, Any],
+          collective: str | None, discovery_timeout: float | None, timeout: float | None,
           as_json: bool, verbose: bool, no_progress: bool) -> None:
     """Report how often each value of FACT occurs across the matching nodes."""
     started = time.monotonic()
     with make_client(config_path, collective) as client:
         result = client.rpc("rpcutil", "get_fact", {"fact": fact}, filter=flt, timeout=timeout,
-                            discovery_timeout=discovery_timeout)
+                            discovery_timeout=discovery_timeout, nodes=discovery["nodes"],
+                            discovery_method=discovery["method"], discovery_options=discovery["options"])
     by_value: dict[str, list[str]] = {}
     for reply in result.ok:
         value = reply.data.get("value")

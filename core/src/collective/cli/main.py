@@ -18,6 +18,8 @@ from .. import __version__
 BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "ping": ("collective.cli.basic:ping", "Ping all nodes and report their latency"),
     "find": ("collective.cli.basic:find", "Find the nodes that match a filter"),
+    "describe-filter": ("collective.cli.describe:describe_filter",
+                        "Describe what a filter selects, in plain English"),
     "inventory": ("collective.cli.basic:inventory", "Show a node's agents, facts, classes and stats"),
     "facts": ("collective.cli.basic:facts", "Report the values of one fact across the fleet"),
     "rpc": ("collective.cli.rpc:rpc", "Call any agent action: mco rpc AGENT ACTION key=value ..."),
@@ -25,6 +27,9 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "broker": ("collective.cli.admin:broker", "Run the embedded STOMP broker"),
     "keys": ("collective.cli.admin:keys", "Manage Ed25519 keys"),
     "fleet": ("collective.cli.fleet:fleet", "Start and stop a local fleet of daemons"),
+    "registry": ("collective.cli.registry:registry", "Collect node registrations into an inventory"),
+    "completion": ("collective.cli.extras:completion", "Print the shell completion script"),
+    "replies": ("collective.cli.extras:replies", "Collect replies sent with mco rpc --reply-to"),
 }
 
 

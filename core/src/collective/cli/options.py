@@ -13,20 +13,22 @@ F = Callable[..., Any]
 
 
 def filter_options(func: F) -> F:
-    """``-F -C -I -A -W`` as MCollective spells them, plus ``-T`` and ``--dt``.
+    """``-F -C -I -A -W -S`` as MCollective spells them, plus ``-T`` and ``--dt``.
 
     The command receives the parsed :class:`~collective.filters.Filter` as ``flt``;
-    a filter that does not parse ends the command with one clear line.
+    a filter that does not parse ends the command with one clear line (for
+    ``-S``, MCollective's message and a caret under the offending token).
     """
 
     @functools.wraps(func)
     def inner(*args: Any, facts: tuple[str, ...] = (), classes: tuple[str, ...] = (),
               identities: tuple[str, ...] = (), agents: tuple[str, ...] = (),
-              combined: tuple[str, ...] = (), **kwargs: Any) -> Any:
+              combined: tuple[str, ...] = (), selects: tuple[str, ...] = (),
+              **kwargs: Any) -> Any:
         from ..filters import FilterError
 
         try:
-            kwargs["flt"] = build_filter(facts, classes, identities, agents, combined)
+            kwargs["flt"] = build_filter(facts, classes, identities, agents, combined, selects)
         except FilterError as exc:
             fail(click.get_current_context().info_name or "mco", str(exc), kwargs.get("verbose", False))
         return func(*args, **kwargs)
@@ -42,6 +44,10 @@ def filter_options(func: F) -> F:
                      help="Agent filter: name or /regex/"),
         click.option("-W", "--with", "combined", multiple=True, metavar="FILTER",
                      help='Combined filter: "class fact=value ..."'),
+        click.option("-S", "--select", "selects", multiple=True, metavar="EXPR",
+                     help='Compound filter, repeatable (AND-ed): '
+                          '"(role=web or role=cache) and not location=us", '
+                          '"fstat(\'/etc/hosts\').size>0"'),
         click.option("-T", "--target", "collective", default=None, help="Target this collective"),
         click.option("--dt", "--discovery-timeout", "discovery_timeout", type=float, default=None,
                      help="Discovery timeout in seconds"),
@@ -67,7 +73,13 @@ def common_options(func: F) -> F:
 
 def build_filter(facts: tuple[str, ...] = (), classes: tuple[str, ...] = (),
                  identities: tuple[str, ...] = (), agents: tuple[str, ...] = (),
-                 combined: tuple[str, ...] = ()) -> Any:
+                 combined: tuple[str, ...] = (), selects: tuple[str, ...] = ()) -> Any:
+    """The :class:`~collective.filters.Filter` for the MCollective filter options.
+
+    ``-S`` expressions are parsed here; one that calls a function is checked
+    against the data plugin registry (unknown function, field or argument is a
+    :class:`~collective.compound.FilterSyntaxError`), so nothing bad is sent.
+    """
     from ..filters import FactFilter, Filter, parse_fact, parse_with
 
     flt = Filter(fact=[parse_fact(f) for f in facts], cf_class=list(classes),
@@ -79,6 +91,18 @@ def build_filter(facts: tuple[str, ...] = (), classes: tuple[str, ...] = (),
                 flt.fact.append(item)
             else:
                 flt.cf_class.append(item)
+    if selects:
+        from ..compound import expression_functions, parse
+
+        registry: Any = None
+        for text in selects:
+            if registry is None and expression_functions(parse(text)):
+                from ..plugins import get_plugin_manager
+
+                registry = get_plugin_manager().data_plugins()
+            if registry is not None:
+                parse(text, functions=registry)
+            flt.compound.append(text)
     return flt
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections import Counter
 from typing import Any
 
 import click
@@ -45,42 +44,27 @@ def node_text(reply: NodeReply, outputs: dict[str, Any], verbose: bool = False) 
     return "\n".join(lines)
 
 
-def _summary_values(replies: list[NodeReply], output: str) -> list[Any]:
-    values: list[Any] = []
-    for reply in replies:
-        if not reply.ok or output not in reply.data:
-            continue
-        value = reply.data[output]
-        values.extend(value if isinstance(value, list) else [value])
-    return values
-
-
 def aggregate_text(function: str, args: list[Any], replies: list[NodeReply],
-                   outputs: dict[str, Any]) -> str:
-    """One ``Summary of <display_as>:`` block (summary, average, sum, boolean_summary)."""
+                   outputs: dict[str, Any], registry: dict[str, Any] | None = None,
+                   fmt: str | None = None) -> str:
+    """One ``Summary of <display_as>:`` block, computed by the named aggregate."""
+    from ..aggregates import BUILTIN_AGGREGATES, render
+
+    functions = registry if registry is not None else {a.name: a for a in BUILTIN_AGGREGATES}
     output = str(args[0]) if args else ""
     title = outputs.get(output, {}).get("display_as", output)
-    ok_replies = [r for r in replies if r.ok]
-    head = f"Summary of {title}:\n\n"
+    ok_replies = [r for r in replies if r.ok and output in r.data]
+    if function not in functions:
+        return render(title, None, f"unknown aggregate function {function!r}")
     if not ok_replies:
-        return head + "   No aggregate summary could be computed\n"
-    values = _summary_values(ok_replies, output)
-    if function in ("summary", "boolean_summary"):
-        labels = args[1] if function == "boolean_summary" and len(args) > 1 and isinstance(args[1], dict) else {}
-        mapped = [labels.get(str(v).lower(), "True" if v is True else "False" if v is False else _value(v))
-                  if function == "boolean_summary" else _value(v) for v in values]
-        counts = Counter(mapped)
-        width = max((len(k) for k in counts), default=0)
-        body = "".join(f"   {k:>{width}} = {n}\n" for k, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-        return head + body
-    numbers = [float(v) for v in values if isinstance(v, (int, float)) and not isinstance(v, bool)]
-    if not numbers:
-        return head + "   No aggregate summary could be computed\n"
-    if function == "average":
-        return head + f"   Average of {title}: {sum(numbers) / len(numbers):f}\n"
-    if function == "sum":
-        return head + f"   Sum of {title}: {sum(numbers):f}\n"
-    return head + f"   Could not compute summary - unknown aggregate function {function!r}\n"
+        return render(title, None)
+    try:
+        result = functions[function].compute([r.data[output] for r in ok_replies], list(args[1:]))
+    except Exception as exc:  # a plugin's aggregate must not take the output down
+        return render(title, None, f"exception raised while processing {function}: {exc}")
+    if fmt:
+        result.format = fmt
+    return render(title, result)
 
 
 def finished_line(result: Result, elapsed_s: float) -> str:
@@ -110,5 +94,7 @@ def stats_block(result: Result) -> str:
     )
 
 
-def result_json(result: Result) -> str:
-    return json.dumps([r.to_dict() for r in result.replies], indent=2, sort_keys=True)
+def result_json(result: Result, replies: list[NodeReply] | None = None) -> str:
+    """One JSON document: the list of replies (``mco rpc ... --nodes -`` reads it back)."""
+    chosen = result.replies if replies is None else replies
+    return json.dumps([r.to_dict() for r in chosen], indent=2, sort_keys=True)

@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from typing import Any
 
 import click
 
-from .options import (
-    Progress,
-    common_options,
-    fail,
-    filter_options,
-    guarded,
-    make_client,
-)
+from .discovery_opts import discovery_options
+from .options import Progress, common_options, fail, filter_options, guarded, make_client
 
 
 def parse_arguments(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -28,20 +23,58 @@ def parse_arguments(pairs: tuple[str, ...]) -> dict[str, str]:
     return args
 
 
+def orchestration_options(func: Any) -> Any:
+    """``--batch``, ``--batch-sleep``, ``--batch-mode``, ``--limit-nodes``, ``-1``, ``--limit-seed``."""
+    decorators = [
+        click.option("--batch", "batch", default=None, metavar="N|N%",
+                     help="Send to this many nodes (or this share) at a time"),
+        click.option("--batch-sleep", type=float, default=None, metavar="SECONDS",
+                     help="Pause between fixed batches (default rpc.batch_sleep, 1 s)"),
+        click.option("--batch-mode", type=click.Choice(["fixed", "window"]), default="fixed",
+                     show_default=True,
+                     help="fixed: groups with a pause (MCollective); window: keep N busy (Salt)"),
+        click.option("--limit-nodes", "--ln", "limit", default=None, metavar="N|N%",
+                     help="Only act on this many (or this share) of the discovered nodes"),
+        click.option("-1", "--one", "one", is_flag=True, help="Only act on one node (--limit-nodes 1)"),
+        click.option("--limit-seed", type=int, default=None,
+                     help="Random but repeatable choice for --limit-nodes"),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
 @click.command()
 @click.argument("agent")
 @click.argument("action")
 @click.argument("arguments", nargs=-1)
 @filter_options
+@discovery_options
+@orchestration_options
 @common_options
 @click.option("--display", type=click.Choice(["ok", "failed", "all", "none"]), default=None,
               help="Which replies to print (default: the DDL's display policy)")
+@click.option("--jsonl", is_flag=True, help="Print one JSON line per reply as it arrives")
+@click.option("--no-results", "--nr", "no_results", is_flag=True,
+              help="Fire and forget: send, print the request id, do not wait for replies")
+@click.option("--reply-to", default=None, metavar="DESTINATION",
+              help="Have replies sent to COLLECTIVE.reply.NAME for 'mco replies' to collect")
+@click.option("--filter-replies", "filter_replies", default=None, metavar="EXPR",
+              help="Only print replies matching this -S style expression, e.g. 'statuscode=0 and data.ensure=present'")
 @guarded("rpc")
 def rpc(agent: str, action: str, arguments: tuple[str, ...], config_path: str | None,
-        flt: Any, collective: str | None,
-        discovery_timeout: float | None, timeout: float | None, as_json: bool, verbose: bool,
-        no_progress: bool, display: str | None) -> None:
-    """Call AGENT's ACTION on the matching nodes with key=value ARGUMENTS."""
+        flt: Any, collective: str | None, discovery_timeout: float | None, discovery: dict[str, Any],
+        batch: str | None, batch_sleep: float | None, batch_mode: str, limit: str | None, one: bool,
+        limit_seed: int | None, timeout: float | None, as_json: bool, verbose: bool,
+        no_progress: bool, display: str | None, jsonl: bool, no_results: bool,
+        reply_to: str | None, filter_replies: str | None) -> None:
+    """Call AGENT's ACTION on the matching nodes with key=value ARGUMENTS.
+
+    \b
+    mco rpc service restart service=nginx -F location=uk --batch 10%
+    mco rpc rpcutil ping -I node-001 -I node-002
+    mco rpc package status package=vim --json | mco rpc package update package=vim --nodes -
+    """
     from ..ddl import RequestError
     from .output import (
         aggregate_text,
@@ -54,6 +87,7 @@ def rpc(agent: str, action: str, arguments: tuple[str, ...], config_path: str | 
     )
 
     started = time.monotonic()
+    select = compile_reply_filter(filter_replies)
     with make_client(config_path, collective) as client:
         ddl = client.ddl(agent)
         if action not in ddl.actions:
@@ -63,30 +97,81 @@ def rpc(agent: str, action: str, arguments: tuple[str, ...], config_path: str | 
             data = act.convert_cli(parse_arguments(arguments))
         except RequestError as exc:
             fail("rpc", str(exc))
-        progress = Progress(enabled=not (no_progress or as_json))
-        result = client.rpc(agent, action, data, filter=flt, timeout=timeout,
-                            discovery_timeout=discovery_timeout, on_reply=progress.tick,
-                            on_discovered=lambda nodes: progress.start(len(nodes)))
+        if no_results or reply_to:
+            targets = discovery["nodes"]
+            if targets is None and not flt.is_identity_only():
+                targets, _, _ = client.select_targets(flt, None, discovery["method"], discovery_timeout,
+                                                      discovery["options"])
+                if not targets:
+                    click.echo("No request sent, we did not discover any nodes.", err=True)
+                    sys.exit(1)
+            request_id = client.send(agent, action, data, filter=flt, nodes=targets, reply_to=reply_to)
+            click.echo(f"Request sent with id: {request_id}"
+                       + (f" replies to {reply_to}" if reply_to else ""))
+            return
+        progress = Progress(enabled=not (no_progress or as_json or jsonl))
+
+        def on_reply(reply: Any) -> None:
+            progress.tick()
+            if jsonl and (select is None or select(reply)):
+                click.echo(json.dumps(reply.to_dict(), sort_keys=True))
+
+        result = client.rpc(
+            agent, action, data, filter=flt, nodes=discovery["nodes"], timeout=timeout,
+            discovery_timeout=discovery_timeout, discovery_method=discovery["method"],
+            discovery_options=discovery["options"],
+            limit=1 if one else limit, limit_seed=limit_seed,
+            batch_size=batch if batch is not None else client.config["rpc"].get("batch_size"),
+            batch_sleep=batch_sleep if batch_sleep is not None else client.config["rpc"].get("batch_sleep", 1.0),
+            batch_mode=batch_mode, on_reply=on_reply,
+            on_discovered=lambda nodes: progress.start(len(nodes)))
         progress.finish()
+        aggregates = client.pm.aggregates() if act.aggregates else {}
+    if result.stats.stale:
+        click.echo(f"Warning: {len(result.stats.stale)} node(s) missed their registrations and may be "
+                   f"down: {', '.join(result.stats.stale)}", err=True)
     if result.stats.discovery_performed and not result.stats.expected:
         click.echo("No request sent, we did not discover any nodes.", err=True)
         sys.exit(1)
+    shown = [r for r in result.replies if select is None or select(r)]
+    if jsonl:
+        sys.exit(result.exit_code())
     if as_json:
-        click.echo(result_json(result))
+        click.echo(result_json(result, shown))
         sys.exit(result.exit_code())
     policy = display or act.display
-    shown = False
-    for reply in result.replies:
-        if should_show(reply, policy) or verbose:
+    for reply in shown:
+        if should_show(reply, policy) or (verbose and display is None):
             click.echo(node_text(reply, act.outputs, verbose) + "\n")
-            shown = True
-    if not shown and result.replies:
+    if result.replies and not any(should_show(r, policy) for r in shown):
         click.echo("")
     for agg in act.aggregates:
         click.echo(aggregate_text(agg["function"], list(agg.get("args", [])), result.replies,
-                                  act.outputs))
+                                  act.outputs, aggregates, agg.get("format")))
     if verbose:
         click.echo(stats_block(result))
     click.echo(finished_line(result, time.monotonic() - started))
     click.echo(no_response_text(result), nl=False)
     sys.exit(result.exit_code())
+
+
+def compile_reply_filter(expression: str | None) -> Any:
+    """``--filter-replies``: the -S language evaluated over each reply.
+
+    A reply is seen as a node whose facts are ``sender``, ``statuscode``,
+    ``statusmsg``, ``ok`` and ``data`` (dotted paths reach into it):
+    ``'statuscode=0 and data.ensure=present'``.
+    """
+    if not expression:
+        return None
+    from ..compound import evaluate, parse
+    from ..filters import NodeInfo
+
+    tree = parse(expression, functions=set())
+
+    def select(reply: Any) -> bool:
+        facts = {"sender": reply.sender, "statuscode": reply.statuscode, "statusmsg": reply.statusmsg,
+                 "ok": reply.ok, "data": reply.data}
+        return bool(evaluate(tree, NodeInfo(identity=reply.sender, facts=facts)))
+
+    return select

@@ -59,6 +59,10 @@ class CallStats:
     forged_replies: int = 0
     duplicate_replies: int = 0
     late_replies: int = 0
+    #: every node discovery found (``expected`` may be fewer with ``--limit-nodes``)
+    discovered: list[str] = field(default_factory=list)
+    #: nodes the inventory says missed their registrations (still addressed, flagged)
+    stale: list[str] = field(default_factory=list)
 
     @property
     def no_response(self) -> list[str]:
@@ -78,6 +82,16 @@ class Result:
 
     def __len__(self) -> int:
         return len(self.replies)
+
+    def merge(self, other: Result) -> None:
+        """Add one batch's replies and counts to this result."""
+        self.replies = sorted([*self.replies, *other.replies], key=lambda r: r.sender)
+        self.stats.responded = sorted({*self.stats.responded, *other.stats.responded})
+        self.stats.unexpected += other.stats.unexpected
+        self.stats.agent_time += other.stats.agent_time
+        self.stats.forged_replies += other.stats.forged_replies
+        self.stats.duplicate_replies += other.stats.duplicate_replies
+        self.stats.request_id = self.stats.request_id or other.stats.request_id
 
     @property
     def ok(self) -> list[NodeReply]:

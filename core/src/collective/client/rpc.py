@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import math
 import queue
+import random
 import threading
 import time
 import uuid
@@ -22,6 +25,8 @@ log = logging.getLogger(__name__)
 
 #: seconds added to the DDL timeout for transit when waiting for replies
 REPLY_MARGIN = 1.0
+#: ``reply_to`` of a fire-and-forget request: nodes act but do not reply
+NO_REPLY = "none"  # the daemon's collective.server.daemon.NO_REPLY
 
 
 class ClientError(Exception):
@@ -29,11 +34,11 @@ class ClientError(Exception):
 
 
 class _Pending:
-    """A request in flight: where its replies go."""
+    """A request in flight: where its replies go (several may share one queue)."""
 
-    def __init__(self, body_sha256: str) -> None:
+    def __init__(self, body_sha256: str, replies: queue.Queue[NodeReply] | None = None) -> None:
         self.body_sha256 = body_sha256
-        self.replies: queue.Queue[NodeReply] = queue.Queue()
+        self.replies: queue.Queue[NodeReply] = replies if replies is not None else queue.Queue()
         self.sent_at = time.monotonic()
         self.forged = 0
 
@@ -52,10 +57,8 @@ class Client:
         self.collective = collective or config.main_collective
         if self.collective not in config.collectives:
             raise ClientError(f"collective {self.collective!r} is not one of {config.collectives}")
-        sec = config["security"]
-        self.ttl = int(sec["ttl"])
-        provider_cls = resolve(sec["provider"], self.pm.security_providers(), "security provider")
-        self.security = provider_cls(config, role="client")
+        self.ttl = int(config["security"]["ttl"])
+        self._security: Any = None
         self.sender = config.identity
         self.reply_dest = Destination.reply(self.collective, f"{self.sender}.{uuid.uuid4().hex}")
         self._connector: Any = None
@@ -64,11 +67,22 @@ class Client:
         self._ddls: dict[str, Any] = {}
         self.late_replies = 0
 
+    @property
+    def security(self) -> Any:
+        """The security provider, built on first use: inventory discovery needs no keys."""
+        if self._security is None:
+            provider = self.config["security"]["provider"]
+            cls = resolve(provider, self.pm.security_providers(), "security provider")
+            self._security = cls(self.config, role="client")
+        return self._security
+
     # -- connection ------------------------------------------------------------
     def connect(self) -> None:
         if self._connector is not None:
             return
         from ..connectors.stomp import ConnectorError
+
+        _ = self.security  # load keys before replies can arrive on the receiver thread
 
         cls = resolve(self.config["broker"]["connector"], self.pm.connectors(), "connector")
         connector = cls(self.config, client_id=f"client-{self.sender}-{uuid.uuid4().hex[:8]}")
@@ -130,6 +144,32 @@ class Client:
         ))
 
     # -- requests --------------------------------------------------------------------
+    def _sign(self, agent: str, action: str, data: dict[str, Any], flt: Filter,
+              targets: list[str] | None, reply_to: str | None = None) -> tuple[RequestMessage, bytes, bytes]:
+        """Build and sign one request; returns (message, body, wire)."""
+        message = RequestMessage.new(
+            sender=self.sender, caller=self.security.identity, collective=self.collective,
+            agent=agent, action=action, data=data, filter=flt.to_dict(), ttl=self.ttl,
+            reply_to=reply_to or self.reply_dest.logical(), targets=targets,
+        )
+        body = message.to_body()
+        wire = self.security.sign(body, "request")
+        max_bytes = int(self.config["security"]["max_request_bytes"])
+        if len(wire) > max_bytes:
+            raise ClientError(f"request is {len(wire)} bytes, over security.max_request_bytes ({max_bytes})")
+        return message, body, wire
+
+    def _track(self, message: RequestMessage, body: bytes,
+               replies: queue.Queue[NodeReply] | None = None) -> _Pending:
+        pending = _Pending(hashlib.sha256(body).hexdigest(), replies)
+        with self._lock:
+            self._pending[message.id] = pending
+        return pending
+
+    def _untrack(self, request_id: str) -> None:
+        with self._lock:
+            self._pending.pop(request_id, None)
+
     def request(self, agent: str, action: str, data: dict[str, Any], *,
                 filter: Filter | None = None, targets: Iterable[str] | None = None,
                 timeout: float, expected: Iterable[str] | None = None,
@@ -142,37 +182,49 @@ class Client:
         broadcast with ``filter`` and collection runs until ``timeout`` (or until
         ``quiet_window`` seconds pass with no new reply).
         """
-        import hashlib
-
         self.connect()
         flt = filter or Filter()
         target_list = sorted(set(targets)) if targets is not None else None
-        message = RequestMessage.new(
-            sender=self.sender, caller=self.security.identity, collective=self.collective,
-            agent=agent, action=action, data=data, filter=flt.to_dict(), ttl=self.ttl,
-            reply_to=self.reply_dest.logical(), targets=target_list,
-        )
-        body = message.to_body()
-        wire = self.security.sign(body, "request")
-        max_bytes = int(self.config["security"]["max_request_bytes"])
-        if len(wire) > max_bytes:
-            raise ClientError(f"request is {len(wire)} bytes, over security.max_request_bytes ({max_bytes})")
-        pending = _Pending(hashlib.sha256(body).hexdigest())
+        message, body, wire = self._sign(agent, action, data, flt, target_list)
         stats = CallStats(request_id=message.id, start_time=time.time())
         stats.expected = list(target_list if target_list is not None else (expected or []))
-        with self._lock:
-            self._pending[message.id] = pending
+        pending = self._track(message, body)
         try:
             pending.sent_at = time.monotonic()
             self._publish(agent, wire, target_list)
             replies = self._collect(pending, stats, timeout, target_list is not None or bool(expected),
                                     on_reply, quiet_window)
         finally:
-            with self._lock:
-                self._pending.pop(message.id, None)
+            self._untrack(message.id)
         stats.forged_replies = pending.forged
         stats.agent_time = time.monotonic() - pending.sent_at
         return Result(replies=replies, stats=stats)
+
+    def send(self, agent: str, action: str, data: dict[str, Any] | None = None, *,
+             filter: Filter | None = None, nodes: Iterable[str] | None = None,
+             reply_to: str | None = None) -> str:
+        """Fire and forget: validate, sign and publish; return the request id.
+
+        Without ``reply_to`` the nodes are told not to reply (``--no-results``);
+        with it, their replies go to that reply destination for someone else to
+        collect (``--reply-to``, ``mco replies``).
+        """
+        from ..connectors.destinations import parse_logical
+
+        data = self._validate(agent, action, data)
+        flt = filter or Filter()
+        if reply_to is not None:
+            dest = parse_logical(reply_to)
+            if dest.kind != "reply" or dest.collective != self.collective:
+                raise ClientError(f"--reply-to {reply_to!r} is not a reply destination of collective "
+                                  f"{self.collective} (expected {self.collective}.reply.NAME)")
+        targets = sorted(set(nodes)) if nodes is not None else (
+            sorted(set(flt.identity)) if flt.is_identity_only() else None)
+        self.connect()
+        message, _body, wire = self._sign(agent, action, data, flt, targets,
+                                          reply_to=reply_to or NO_REPLY)
+        self._publish(agent, wire, targets)
+        return message.id
 
     def _publish(self, agent: str, wire: bytes, targets: list[str] | None) -> None:
         from ..connectors.stomp import ConnectorError
@@ -244,49 +296,185 @@ class Client:
             return sorted(set(flt.identity))
         return [reply.sender for reply in self.ping(flt, timeout) if reply.ok]
 
-    def rpc(self, agent: str, action: str, data: dict[str, Any] | None = None, *,
-            filter: Filter | None = None, nodes: Iterable[str] | None = None,
-            timeout: float | None = None, discovery_timeout: float | None = None,
-            on_reply: Callable[[NodeReply], None] | None = None,
-            on_discovered: Callable[[list[str]], None] | None = None) -> Result:
-        """Validate against the DDL, discover (unless addressed directly), call, collect.
-
-        :param nodes: identities to address directly: no discovery, and collection
-            ends as soon as each of them replied.
-        :raises ClientError: on invalid input (nothing is sent).
-        """
+    def _validate(self, agent: str, action: str, data: dict[str, Any] | None) -> dict[str, Any]:
+        """Check ``data`` against the DDL (defaults filled) before anything is sent."""
         from ..ddl import RequestError
 
         ddl = self.ddl(agent)
         if action not in ddl.actions:
             raise ClientError(f"Attempted to call action {action} for {agent} but it's not declared in the DDL")
         try:
-            data = ddl.actions[action].validate_input(dict(data or {}))
+            return ddl.actions[action].validate_input(dict(data or {}))
         except RequestError as exc:
             raise ClientError(str(exc)) from None
+
+    def select_targets(self, flt: Filter, nodes: Iterable[str] | None, method: str | None,
+                       timeout: float | None, options: dict[str, Any] | None) -> tuple[list[str], bool, list[str]]:
+        """The nodes to address: ``(targets, discovery_performed, stale)``.
+
+        Named nodes and identity-only filters need no discovery (direct addressing);
+        otherwise the discovery method (``--dm``, default ``discovery.method``) runs.
+        """
+        if nodes is not None:
+            return sorted(set(nodes)), False, []
+        if flt.is_identity_only():
+            return sorted(set(flt.identity)), False, []
+        name = method or self.config["discovery"]["method"]
+        if name == "broadcast" and not options:
+            return self.discover(flt, timeout), True, []
+        from .discovery import discover
+
+        found = discover(self, name, flt, self.discovery_timeout(timeout), dict(options or {}))
+        return sorted(set(found.nodes)), True, sorted(found.stale)
+
+    def rpc(self, agent: str, action: str, data: dict[str, Any] | None = None, *,
+            filter: Filter | None = None, nodes: Iterable[str] | None = None,
+            timeout: float | None = None, discovery_timeout: float | None = None,
+            discovery_method: str | None = None, discovery_options: dict[str, Any] | None = None,
+            limit: int | str | None = None, limit_seed: int | None = None,
+            batch_size: int | str | None = None, batch_sleep: float = 0.0,
+            batch_mode: str = "fixed",
+            on_reply: Callable[[NodeReply], None] | None = None,
+            on_discovered: Callable[[list[str]], None] | None = None,
+            on_batch: Callable[[int, list[str]], None] | None = None) -> Result:
+        """Validate against the DDL, discover (unless addressed directly), call, collect.
+
+        :param nodes: identities to address directly: no discovery, and collection
+            ends as soon as each of them replied.
+        :param discovery_method: ``broadcast`` (default), ``inventory``, ... (``--dm``).
+        :param limit: address only this many (``5``) or this share (``"10%"``) of the
+            discovered nodes (``--limit-nodes``); ``limit_seed`` makes the random
+            choice repeatable, without it the first nodes in sorted order are taken.
+        :param batch_size: ``N`` or ``"N%"``: in ``fixed`` mode send to groups of N
+            with ``batch_sleep`` seconds between groups (MCollective); in ``window``
+            mode keep N nodes busy, starting the next as soon as one answers (Salt).
+        :raises ClientError: on invalid input (nothing is sent).
+        """
+        data = self._validate(agent, action, data)
         flt = filter or Filter()
         started = time.time()
-        discovery_performed = False
-        if nodes is not None:
-            targets = sorted(set(nodes))
-        elif flt.is_identity_only():
-            targets = sorted(set(flt.identity))
-        else:
-            t0 = time.monotonic()
-            targets = self.discover(flt, discovery_timeout)
-            discovery_performed = True
-            discovery_time = time.monotonic() - t0
+        t0 = time.monotonic()
+        targets, discovery_performed, stale = self.select_targets(
+            flt, nodes, discovery_method, discovery_timeout, discovery_options)
+        discovery_time = time.monotonic() - t0 if discovery_performed else 0.0
+        discovered = list(targets)
+        targets = apply_limit(targets, limit, limit_seed)
         if on_discovered is not None:
             on_discovered(targets)
         if not targets:
-            stats = CallStats(start_time=started, discovery_performed=discovery_performed)
-            return Result(stats=stats)
-        wait = float(timeout if timeout is not None else ddl.timeout + REPLY_MARGIN)
-        result = self.request(agent, action, data, filter=flt, targets=targets, timeout=wait,
-                              on_reply=on_reply)
+            return Result(stats=CallStats(start_time=started, discovery_performed=discovery_performed,
+                                          discovery_time=discovery_time))
+        wait = float(timeout if timeout is not None else self.ddl(agent).timeout + REPLY_MARGIN)
+        size = batch_count(batch_size, len(targets))
+        if size and batch_mode == "window":
+            result = self._window(agent, action, data, flt, targets, size, wait, on_reply)
+        elif size and size < len(targets):
+            result = Result(stats=CallStats(expected=list(targets)))
+            groups = [targets[n:n + size] for n in range(0, len(targets), size)]
+            for number, group in enumerate(groups):
+                if on_batch is not None:
+                    on_batch(number, group)
+                part = self.request(agent, action, data, filter=flt, targets=group, timeout=wait,
+                                    on_reply=on_reply)
+                result.merge(part)
+                if number < len(groups) - 1 and batch_sleep > 0:
+                    time.sleep(batch_sleep)
+        else:
+            result = self.request(agent, action, data, filter=flt, targets=targets, timeout=wait,
+                                  on_reply=on_reply)
         result.stats.start_time = started
         result.stats.discovery_performed = discovery_performed
-        if discovery_performed:
-            result.stats.discovery_time = discovery_time
+        result.stats.discovery_time = discovery_time
+        result.stats.discovered = discovered
+        result.stats.stale = stale
         result.stats.total_time = time.time() - started
         return result
+
+    def _window(self, agent: str, action: str, data: dict[str, Any], flt: Filter,
+                targets: list[str], size: int, timeout: float,
+                on_reply: Callable[[NodeReply], None] | None) -> Result:
+        """Keep ``size`` nodes busy: one request per node, the next starts when one ends."""
+        self.connect()
+        replies: queue.Queue[NodeReply] = queue.Queue()
+        todo = list(targets)
+        running: dict[str, tuple[str, float]] = {}  # node -> (request id, deadline)
+        pendings: list[_Pending] = []
+        result = Result(stats=CallStats(expected=list(targets)))
+        seen: dict[str, NodeReply] = {}
+        t0 = time.monotonic()
+
+        def launch() -> None:
+            while todo and len(running) < size:
+                node = todo.pop(0)
+                message, body, wire = self._sign(agent, action, data, flt, [node])
+                pendings.append(self._track(message, body, replies))
+                running[node] = (message.id, time.monotonic() + timeout)
+                self._publish(agent, wire, [node])
+
+        try:
+            launch()
+            while running:
+                next_deadline = min(deadline for _, deadline in running.values())
+                try:
+                    reply = replies.get(timeout=max(0.0, next_deadline - time.monotonic()))
+                except queue.Empty:
+                    now = time.monotonic()
+                    for node, (request_id, deadline) in list(running.items()):
+                        if deadline <= now:
+                            self._untrack(request_id)
+                            del running[node]
+                    launch()
+                    continue
+                if reply.sender in seen or reply.sender not in running:
+                    result.stats.duplicate_replies += reply.sender in seen
+                    continue
+                seen[reply.sender] = reply
+                request_id, _ = running.pop(reply.sender)
+                self._untrack(request_id)
+                if on_reply is not None:
+                    on_reply(reply)
+                launch()
+        finally:
+            for request_id, _ in running.values():
+                self._untrack(request_id)
+        result.replies = sorted(seen.values(), key=lambda r: r.sender)
+        result.stats.responded = sorted(seen)
+        result.stats.forged_replies = sum(p.forged for p in pendings)
+        result.stats.agent_time = time.monotonic() - t0
+        return result
+
+
+def _share(value: int | str, total: int, what: str) -> int:
+    """``5`` → 5, ``"10%"`` → 10 % of total (at least 1)."""
+    text = str(value).strip()
+    try:
+        if text.endswith("%"):
+            percent = float(text[:-1])
+            if not 0 < percent <= 100:
+                raise ValueError
+            return max(1, math.ceil(total * percent / 100))
+        number = int(text)
+        if number < 1:
+            raise ValueError
+        return number
+    except ValueError:
+        raise ClientError(f"{what} must be a positive number or a percentage like 10%, not {value!r}") from None
+
+
+def apply_limit(targets: list[str], limit: int | str | None, seed: int | None) -> list[str]:
+    """``--limit-nodes``: the first N (sorted), or a random N with ``seed``."""
+    if limit is None:
+        return targets
+    count = _share(limit, len(targets), "--limit-nodes")
+    if count >= len(targets):
+        return targets
+    if seed is None:
+        return sorted(targets)[:count]
+    return sorted(random.Random(seed).sample(sorted(targets), count))
+
+
+def batch_count(batch: int | str | None, total: int) -> int:
+    """``--batch``: N or N% of the targets; 0 means no batching."""
+    if batch is None or batch == 0 or total == 0:
+        return 0
+    return _share(batch, total, "--batch")

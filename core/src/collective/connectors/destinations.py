@@ -1,8 +1,9 @@
 """Logical destinations and their STOMP names for each broker flavour.
 
 A :class:`Destination` is broker-neutral: ``COLL.broadcast.AGENT`` (a request to every
-node that has AGENT), ``COLL.node.IDENTITY`` (a request to one node) and
-``COLL.reply.ID`` (replies for one client). The logical text form is what the signed
+node that has AGENT), ``COLL.node.IDENTITY`` (a request to one node),
+``COLL.reply.ID`` (replies for one client) and ``COLL.registration`` (the nodes'
+periodic registrations, read by inventory collectors; it has no name part). The logical text form is what the signed
 request carries in ``reply_to``; :func:`parse_logical` is strict, so a reply id or a
 node name can never smuggle a path or a wildcard.
 
@@ -16,7 +17,14 @@ directed    ``/queue/C.node.ID``            SUB ``/queue/C.node.ID`` + queue    
                                             args; SEND ``/amq/queue/C.node.ID`` ``mc_identity = 'ID'``
 reply       ``/queue/C.reply.ID``           SUB ``/queue/C.reply.ID`` + args;   ``/queue/C.reply.ID``
                                             SEND ``/amq/queue/C.reply.ID``
+registr.    ``/topic/C.registration``       ``/topic/C.registration``           ``/topic/C.registration.agent``
 ==========  ==============================  ==================================  ==============================
+
+Registrations go to a *topic*: every collector subscribed at the time gets each one,
+nobody stores them (a collector that was down simply waits for the next interval).
+On ActiveMQ the topic is the one MCollective's ``registration`` agent listened on, so
+an agent literally named ``registration`` would share it (its daemon refuses the
+registrations as requests: their signature domain differs).
 
 RabbitMQ: ``/topic/X`` routes through ``amq.topic`` with routing key X (an exclusive,
 auto-delete queue per subscription: at-most-once, like MCollective). Node and reply
@@ -38,7 +46,7 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
-Kind = Literal["broadcast", "directed", "reply"]
+Kind = Literal["broadcast", "directed", "reply", "registration"]
 Flavour = Literal["embedded", "rabbitmq", "activemq"]
 
 FLAVOURS: tuple[str, ...] = ("embedded", "rabbitmq", "activemq")
@@ -49,6 +57,7 @@ REPLY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 
 _KIND_WORD = {"broadcast": "broadcast", "directed": "node", "reply": "reply"}
 _WORD_KIND: dict[str, Kind] = {"broadcast": "broadcast", "node": "directed", "reply": "reply"}
+REGISTRATION_WORD = "registration"
 
 #: RabbitMQ queue arguments (THREATS R1): an unused queue is deleted after 2 minutes;
 #: a node queue keeps a request at most 10 minutes (``security.max_ttl``) and at most
@@ -74,7 +83,7 @@ class Destination:
 
     kind: Kind
     collective: str
-    name: str  # agent name / node identity / reply id
+    name: str  # agent name / node identity / reply id; "" for a registration
 
     def __post_init__(self) -> None:
         _check(self.collective, NAME_RE, "collective")
@@ -84,6 +93,9 @@ class Destination:
             _check(self.name, NAME_RE, "node identity")
         elif self.kind == "reply":
             _check(self.name, REPLY_ID_RE, "reply id")
+        elif self.kind == "registration":
+            if self.name != "":
+                raise ValueError(f"a registration destination has no name, got {self.name!r}")
         else:
             raise ValueError(f"invalid destination kind: {self.kind!r}")
 
@@ -100,9 +112,15 @@ class Destination:
     def reply(cls, collective: str, reply_id: str) -> Destination:
         return cls("reply", collective, reply_id)
 
+    @classmethod
+    def registration(cls, collective: str) -> Destination:
+        return cls("registration", collective, "")
+
     # -- text form -----------------------------------------------------------------
     def logical(self) -> str:
-        """``C.broadcast.AGENT``, ``C.node.IDENTITY`` or ``C.reply.ID``."""
+        """``C.broadcast.AGENT``, ``C.node.IDENTITY``, ``C.reply.ID`` or ``C.registration``."""
+        if self.kind == "registration":
+            return f"{self.collective}.{REGISTRATION_WORD}"
         return f"{self.collective}.{_KIND_WORD[self.kind]}.{self.name}"
 
     def __str__(self) -> str:
@@ -110,7 +128,8 @@ class Destination:
 
 
 def parse_logical(text: str) -> Destination:
-    """Parse ``C.broadcast.AGENT`` / ``C.node.IDENTITY`` / ``C.reply.ID``; ValueError otherwise.
+    """Parse ``C.broadcast.AGENT`` / ``C.node.IDENTITY`` / ``C.reply.ID`` /
+    ``C.registration``; ValueError otherwise.
 
     Collective names may contain dots, so the kind word is searched from the left: the
     first ``.broadcast.``, ``.node.`` or ``.reply.`` whose prefix is a valid collective
@@ -130,11 +149,17 @@ def parse_logical(text: str) -> Destination:
             except ValueError:
                 pass
             start = idx + 1
+    suffix = f".{REGISTRATION_WORD}"
+    if text.endswith(suffix):
+        try:
+            readings.add(Destination.registration(text[: -len(suffix)]))
+        except ValueError:
+            pass
     if len(readings) != 1:
         why = "ambiguous" if readings else "invalid"
         raise ValueError(f"{why} logical destination: {text!r} "
-                         "(expected COLLECTIVE.broadcast.AGENT, COLLECTIVE.node.IDENTITY "
-                         "or COLLECTIVE.reply.ID)")
+                         "(expected COLLECTIVE.broadcast.AGENT, COLLECTIVE.node.IDENTITY, "
+                         "COLLECTIVE.reply.ID or COLLECTIVE.registration)")
     return readings.pop()
 
 
@@ -168,10 +193,12 @@ def stomp_subscribe(dest: Destination, flavour: str) -> tuple[str, dict[str, str
     if flavour == "activemq":
         if dest.kind == "broadcast":
             return f"/topic/{c}.{n}.agent", {}
+        if dest.kind == "registration":
+            return f"/topic/{c}.{REGISTRATION_WORD}.agent", {}
         if dest.kind == "directed":
             return f"/queue/{c}.nodes", {"selector": f"{ACTIVEMQ_IDENTITY_HEADER} = '{n}'"}
         return f"/queue/{c}.reply.{n}", {}
-    if dest.kind == "broadcast":
+    if dest.kind in ("broadcast", "registration"):
         return f"/topic/{dest.logical()}", {}
     if flavour == "rabbitmq":
         return f"/queue/{dest.logical()}", _rabbitmq_queue_args(dest)
@@ -200,11 +227,13 @@ def stomp_send(dest: Destination, flavour: str, ttl: float | None = None,
     if flavour == "activemq":
         if dest.kind == "broadcast":
             return f"/topic/{c}.{n}.agent", headers
+        if dest.kind == "registration":
+            return f"/topic/{c}.{REGISTRATION_WORD}.agent", headers
         if dest.kind == "directed":
             headers[ACTIVEMQ_IDENTITY_HEADER] = n
             return f"/queue/{c}.nodes", headers
         return f"/queue/{c}.reply.{n}", headers
-    if dest.kind == "broadcast":
+    if dest.kind in ("broadcast", "registration"):
         return f"/topic/{dest.logical()}", headers
     if flavour == "rabbitmq":
         return f"/amq/queue/{dest.logical()}", headers

@@ -15,7 +15,12 @@ from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..message import ReplyMessage, RequestMessage
+from ..message import (
+    MAX_REGISTRATION_WIRE_BYTES,
+    RegistrationMessage,
+    ReplyMessage,
+    RequestMessage,
+)
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -23,24 +28,33 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Role = Literal["client", "node"]
-Purpose = Literal["request", "reply"]
+Purpose = Literal["request", "reply", "registration"]
 
 #: Domain separation: what is actually signed is ``DOMAINS[purpose] + body``, so a
-#: reply signature never verifies as a request and vice versa.
+#: signature made for one purpose never verifies for another (a reply or a
+#: registration never verifies as a request, and so on).
 DOMAINS: dict[str, bytes] = {
     "request": b"collective/1 request\n",
     "reply": b"collective/1 reply\n",
+    "registration": b"collective/1 registration\n",
 }
 
-#: Which role may sign which purpose: clients sign requests, nodes sign replies.
-SIGNS: dict[str, str] = {"client": "request", "node": "reply"}
+#: Which role may sign which purposes: clients sign requests; nodes sign replies and
+#: their own registrations.
+SIGNS: dict[str, frozenset[str]] = {
+    "client": frozenset({"request"}),
+    "node": frozenset({"reply", "registration"}),
+}
+
+#: The role whose keys may sign each purpose (the verifier's side of :data:`SIGNS`).
+SIGNER_ROLE: dict[str, str] = {"request": "client", "reply": "node", "registration": "node"}
 
 
 class SecurityError(Exception):
     """A message or a configuration refused for a security reason.
 
     ``reason`` is the counter/audit code: ``bad_signature``, ``unknown_key``,
-    ``caller_mismatch``, ``sender_mismatch``, ``request_mismatch``, ``wrong_role``,
+    ``caller_mismatch``, ``sender_mismatch``, ``identity_mismatch``, ``request_mismatch``, ``wrong_role``,
     ``wrong_alg``, ``revoked``, ``malformed``, ``config``, ``insecure_file``,
     ``expired``, ``future``, ``ttl_too_long``, ``replayed``, ``replay_cache_full``.
     """
@@ -70,7 +84,8 @@ def check_purpose(purpose: str) -> bytes:
     try:
         return DOMAINS[purpose]
     except KeyError:
-        raise ValueError(f"purpose must be 'request' or 'reply', not {purpose!r}") from None
+        raise ValueError(f"purpose must be one of {', '.join(map(repr, DOMAINS))}, "
+                         f"not {purpose!r}") from None
 
 
 class SecurityProvider(ABC):
@@ -105,12 +120,17 @@ class SecurityProvider(ABC):
     # -- helpers for implementations ------------------------------------------------
     def _check_may_sign(self, purpose: str) -> bytes:
         domain = check_purpose(purpose)
-        if SIGNS[self.role] != purpose:
-            raise SecurityError("wrong_role", f"a {self.role} signs only {SIGNS[self.role]}s, not {purpose}s")
+        if purpose not in SIGNS[self.role]:
+            allowed = " and ".join(f"{p}s" for p in sorted(SIGNS[self.role]))
+            raise SecurityError("wrong_role", f"a {self.role} signs only {allowed}, not {purpose}s")
         return domain
 
     def _max_bytes(self, purpose: str) -> int | None:
-        return self.max_request_bytes if purpose == "request" else None
+        if purpose == "request":
+            return self.max_request_bytes
+        if purpose == "registration":
+            return MAX_REGISTRATION_WIRE_BYTES
+        return None
 
     # -- verification with identity binding ---------------------------------------------
     def verify_request(self, wire: bytes) -> tuple[Verified, RequestMessage]:
@@ -148,6 +168,25 @@ class SecurityProvider(ABC):
                 f"not {expected_request_sha256[:16]}...",
             )
         return verified, reply
+
+    def verify_registration(self, wire: bytes) -> tuple[Verified, RegistrationMessage]:
+        """Verify a registration: signed by a *node* key, size-capped, strictly parsed,
+        and ``registration.identity`` must be the verified signer (a node registers only
+        itself)."""
+        verified = self.verify(wire, "registration")
+        if verified.role != SIGNER_ROLE["registration"]:
+            raise SecurityError("wrong_role", f"registration signed by a {verified.role} key "
+                                              f"({verified.kid}); only node keys may register")
+        registration = verified.message if isinstance(verified.message, RegistrationMessage) else None
+        if registration is None:
+            registration = RegistrationMessage.from_body(verified.body)
+        if registration.identity != verified.signer:
+            raise SecurityError(
+                "identity_mismatch",
+                f"registration claims identity {registration.identity!r} but is signed by "
+                f"{verified.signer!r} (key {verified.kid})",
+            )
+        return verified, registration
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(role={self.role!r}, identity={getattr(self, 'identity', None)!r})"

@@ -6,7 +6,8 @@ Config keys (section ``security``):
     This side's PEM PKCS#8 key (mode 0600; anything more open is refused).
 ``trust_dir``
     ``clients/NAME.pub`` (keys that may sign requests, caller id ``cert=NAME``) and
-    ``nodes/NAME.pub`` (keys that may sign replies, node identity ``NAME``).
+    ``nodes/NAME.pub`` (keys that may sign replies and registrations, node identity
+    ``NAME``).
 ``identity``
     On a client, the key name: requests are signed as ``cert=<identity>`` (default:
     the private key's file stem). On a node the identity is the top-level ``identity``.
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 
 ALG = "ed25519"
 _ROLE_OF_KIND = {"clients": "client", "nodes": "node"}
-_KIND_FOR_PURPOSE = {"request": "clients", "reply": "nodes"}
+_KIND_FOR_PURPOSE = {"request": "clients", "reply": "nodes", "registration": "nodes"}
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,14 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..message import CALLER_RE, ReplyMessage, RequestMessage, decode_wire, encode_wire
+from ..message import (
+    CALLER_RE,
+    RegistrationMessage,
+    ReplyMessage,
+    RequestMessage,
+    decode_wire,
+    encode_wire,
+)
 from .base import Purpose, Role, SecurityError, SecurityProvider, Verified, check_purpose
 from .keys import read_secret_file
 
@@ -85,7 +92,8 @@ class PskProvider(SecurityProvider):
         return encode_wire(ALG, KID, self._mac(domain, body), body)
 
     def verify(self, wire: bytes, purpose: Purpose) -> Verified:
-        """Check the MAC, then parse the body: the signer is its claimed caller/sender."""
+        """Check the MAC, then parse the body: the signer is its claimed caller/sender
+        (or, for a registration, its claimed identity)."""
         domain = check_purpose(purpose)
         decoded = decode_wire(wire, self._max_bytes(purpose))
         if decoded.alg != ALG:
@@ -97,5 +105,8 @@ class PskProvider(SecurityProvider):
         if purpose == "request":
             request = RequestMessage.from_body(decoded.body)
             return Verified(decoded.body, request.caller, "client", KID, message=request)
+        if purpose == "registration":  # self-asserted identity, like everything under PSK
+            registration = RegistrationMessage.from_body(decoded.body)
+            return Verified(decoded.body, registration.identity, "node", KID, message=registration)
         reply = ReplyMessage.from_body(decoded.body)
         return Verified(decoded.body, reply.sender, "node", KID, message=reply)

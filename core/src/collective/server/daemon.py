@@ -33,6 +33,9 @@ from .pool import PoolFull, WorkerPool
 
 log = logging.getLogger(__name__)
 
+#: ``reply_to`` of a fire-and-forget request (signed like every other field): act, don't reply.
+NO_REPLY = "none"
+
 #: Agents answered on the reserved thread, never queued behind slow actions.
 RESERVED_AGENTS = frozenset({"rpcutil", "discovery"})
 
@@ -154,6 +157,14 @@ class Daemon:
         for dest in self.subscriptions():
             self.connector.subscribe(dest, self.on_message)
         threading.Thread(target=self._outbox_loop, name="outbox", daemon=True).start()
+        # -- registration (server.registration_interval > 0) ---------------------
+        interval = int(self.config["server"].get("registration_interval") or 0)
+        if interval > 0 and not self._stopping.is_set():
+            from .registration import RegistrationPublisher
+
+            self.registration = RegistrationPublisher(self, interval)
+            self.registration.start()
+        # -- end registration ----------------------------------------------------
         log.info("collectived %s started as %s in %s with agents %s", self.version,
                  self.identity, ",".join(self.collectives), ",".join(sorted(self.host.agents)))
 
@@ -171,6 +182,9 @@ class Daemon:
 
     def stop(self) -> None:
         self._stopping.set()
+        registration = getattr(self, "registration", None)  # -- registration
+        if registration is not None:
+            registration.stop()
         self.pool.shutdown(wait=False)
         self.reserved.shutdown(wait=False, cancel_futures=True)
         try:
@@ -252,9 +266,29 @@ class Daemon:
         except FilterError as exc:
             log.info("request %s has an unusable filter: %s", request.id, exc)
             return False
+        data = None
+        if flt.compound:
+            # Data plugin instances live as long as the daemon; results are cached
+            # per message by the resolver.
+            from ..data import DataResolver, instantiate
+
+            plugins = self.__dict__.get("_data_plugin_instances")
+            if plugins is None:
+                try:
+                    plugins = instantiate(self.pm.data_plugins())
+                except Exception:
+                    log.exception("data plugins could not be loaded; compound filters calling "
+                                  "functions will not match")
+                    plugins = {}
+                self.__dict__["_data_plugin_instances"] = plugins
+            data = DataResolver(plugins, self)
         node = NodeInfo(identity=self.identity, facts=self.facts(), classes=self.classes(),
-                        agents=[*self.host.agents, "discovery"])
-        return flt.matches(node)
+                        agents=[*self.host.agents, "discovery"], data=data)
+        try:
+            return flt.matches(node)
+        except Exception:  # a filter never takes the receive thread down
+            log.exception("request %s: filter evaluation failed; not matching", request.id)
+            return False
 
     def _audit(self, request: RequestMessage, decision: str, reason: str,
                statuscode: int | None) -> bool:
@@ -288,6 +322,8 @@ class Daemon:
 
     def _reply(self, request_body: bytes, request: RequestMessage, statuscode: int,
                statusmsg: str, data: dict[str, Any]) -> None:
+        if request.reply_to == NO_REPLY:  # fire and forget (mco rpc --no-results)
+            return
         try:
             dest = parse_logical(request.reply_to)
         except ValueError:

@@ -17,7 +17,7 @@ class Canary(Agent):
         if not path:
             raise Aborted("plugins.canary.log is not configured")
         with open(Path(path), "a") as handle:
-            handle.write(f"{line} {os.getpid()}\n")
+            handle.write(f"{line} {self.node.identity} {os.getpid()} {time.time():.3f}\n")
 
     @action
     def run(self, request, reply):

@@ -1,0 +1,422 @@
+"""Data plugins: the functions of compound filters, such as ``fstat("/etc/hosts").size``.
+
+A data plugin is a read-only lookup on the node that takes at most one string
+argument and returns a flat mapping of simple values (string, number, boolean or
+null), MCollective's rules [MC data.md]. Plugins register through the
+``collective_data_plugins`` hook, keyed by ``name``; the hook may return classes
+(instantiated without arguments) or instances.
+
+The client uses the registry to refuse unknown functions, unknown fields and bad
+arguments before anything is sent (:func:`collective.compound.parse` with
+``functions=``); the node evaluates with a :class:`DataResolver`, which calls
+each ``(plugin, argument)`` at most once per message and turns every failure
+into "no match".
+
+Built-ins: ``fstat(path)``, ``fact(path)``, ``agent(name)``, ``collective(name)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import stat
+import time
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from .filters import _MISSING, _lookup, _render
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "AgentData",
+    "BUILTIN_DATA_PLUGINS",
+    "CollectiveData",
+    "DataPlugin",
+    "DataResolver",
+    "DataResult",
+    "FactData",
+    "FstatData",
+    "instantiate",
+]
+
+#: At most this many characters in a data plugin argument.
+MAX_ARGUMENT_CHARS = 1024
+
+
+class DataPlugin:
+    """Base class of data plugins.
+
+    Subclasses set the class attributes and implement :meth:`query`; they may
+    extend :meth:`validate` (it runs on the client before sending and on the node
+    before :meth:`query`).
+    """
+
+    #: the function name in ``-S`` expressions
+    name: ClassVar[str] = ""
+    #: one line for ``mco plugin`` and ``describe-filter``
+    description: ClassVar[str] = ""
+    #: what the single argument is, or None when the function takes none
+    argument: ClassVar[str | None] = None
+    #: output name -> description; :meth:`query` returns every one of them
+    outputs: ClassVar[dict[str, str]] = {}
+    #: the output used when the expression names no ``.field``
+    default_output: ClassVar[str | None] = None
+
+    @classmethod
+    def validate(cls, argument: str | None) -> None:
+        """Raise :class:`ValueError` with a one-line reason if ``argument`` is unusable."""
+        if cls.argument is None:
+            if argument is not None:
+                raise ValueError(f"{cls.name}() takes no argument")
+            return
+        if argument is None:
+            raise ValueError(f"{cls.name}() needs an argument: {cls.argument}")
+        if not isinstance(argument, str):
+            raise ValueError(f"{cls.name}() takes a string argument")
+        if len(argument) > MAX_ARGUMENT_CHARS:
+            raise ValueError(f"the argument of {cls.name}() is longer than "
+                             f"{MAX_ARGUMENT_CHARS} characters")
+        if "\x00" in argument:
+            raise ValueError(f"the argument of {cls.name}() contains a NUL character")
+
+    def query(self, argument: str | None, node: Any) -> dict[str, Any]:
+        """Look ``argument`` up on ``node`` (a
+        :class:`~collective.server.dispatch.NodeContext`); return every output."""
+        raise NotImplementedError
+
+
+class DataResult(dict):  # type: ignore[type-arg]
+    """A plugin's outputs, plus the name of its default output for the evaluator."""
+
+    def __init__(self, values: Mapping[str, Any], default_output: str | None = None) -> None:
+        super().__init__(values)
+        self.default_output = default_output
+
+
+def instantiate(registry: Mapping[str, Any]) -> dict[str, Any]:
+    """Plugin instances from a registry of classes or instances (a broken one is skipped)."""
+    plugins: dict[str, Any] = {}
+    for name, plugin in registry.items():
+        if isinstance(plugin, type):
+            try:
+                plugin = plugin()
+            except Exception:
+                log.exception("data plugin %s could not be constructed; it is skipped", name)
+                continue
+        plugins[name] = plugin
+    return plugins
+
+
+class DataResolver:
+    """``resolver(name, argument) -> DataResult | None`` for :class:`collective.filters.NodeInfo`.
+
+    Results are cached for the resolver's life (one message). Unknown plugins,
+    refused arguments, exceptions and non-mapping results give None (the
+    expression then does not match) and a log line; nothing raises.
+    """
+
+    def __init__(self, plugins: Mapping[str, Any], node: Any) -> None:
+        self.plugins = plugins
+        self.node = node
+        self._cache: dict[tuple[str, str | None], DataResult | None] = {}
+
+    def __call__(self, name: str, argument: str | None) -> DataResult | None:
+        key = (name, argument)
+        if key not in self._cache:
+            self._cache[key] = self._query(name, argument)
+        return self._cache[key]
+
+    def _query(self, name: str, argument: str | None) -> DataResult | None:
+        plugin = self.plugins.get(name)
+        if plugin is None:
+            log.warning("compound filter calls %s(), but no data plugin of that name is "
+                        "installed here", name)
+            return None
+        try:
+            validate = getattr(plugin, "validate", None)
+            if callable(validate):
+                validate(argument)
+            result = plugin.query(argument, self.node)
+        except ValueError as exc:
+            log.warning("data plugin %s refused %r: %s", name, argument, exc)
+            return None
+        except Exception:
+            log.exception("data plugin %s failed for %r", name, argument)
+            return None
+        if not isinstance(result, Mapping):
+            log.error("data plugin %s returned %s, not a mapping", name, type(result).__name__)
+            return None
+        return DataResult(result, getattr(plugin, "default_output", None))
+
+
+# -- fstat ---------------------------------------------------------------------------------
+
+_TYPES = (
+    (stat.S_ISREG, "file"), (stat.S_ISDIR, "directory"), (stat.S_ISLNK, "symlink"),
+    (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "chardev"), (stat.S_ISBLK, "blockdev"),
+    (stat.S_ISFIFO, "fifo"),
+)
+
+
+def _within(path: str, root: str) -> bool:
+    return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
+
+
+class FstatData(DataPlugin):
+    """``fstat("/etc/hosts").size``: a file's type, size, mode, owner and times.
+
+    The path must be absolute, normalised (no ``..``, ``.``, ``//`` or trailing
+    ``/``) and inside one of the roots in ``plugins.fstat.roots`` (default
+    ``["/"]``), both as written and with symlinks in its directories resolved.
+    The last component is not followed (``lstat``): a symlink reports
+    ``type=symlink``. ``md5`` is given only for a regular file of at most 16 MiB
+    that any local user could read (``mode & 0o004`` on the file and ``o+x`` on
+    every directory above it), so fstat cannot leak the hash of ``/etc/shadow``;
+    devices and fifos are never opened. A missing file has ``present=false``
+    and null sizes, modes and times (MCollective reported 0).
+    """
+
+    name = "fstat"
+    description = "Information about a file: type, size, mode, owner, times, MD5"
+    argument = "Absolute path of the file"
+    outputs = {
+        "name": "The path",
+        "type": "file, directory, symlink, socket, chardev, blockdev, fifo or unknown",
+        "present": "Whether the file exists",
+        "size": "Size in bytes",
+        "mode": "st_mode in octal, e.g. 100644",
+        "uid": "Owner user id",
+        "gid": "Owner group id",
+        "mtime": "Modification time, YYYY-MM-DD HH:MM:SS local time",
+        "mtime_seconds": "Modification time, unix seconds",
+        "mtime_age": "Seconds since the last modification",
+        "atime": "Access time, YYYY-MM-DD HH:MM:SS local time",
+        "atime_seconds": "Access time, unix seconds",
+        "atime_age": "Seconds since the last access",
+        "ctime": "Change time, YYYY-MM-DD HH:MM:SS local time",
+        "ctime_seconds": "Change time, unix seconds",
+        "ctime_age": "Seconds since the last status change",
+        "md5": "MD5 of a world-readable regular file of at most 16 MiB, else null",
+    }
+    default_output = "present"
+    #: Files larger than this get no md5.
+    MAX_MD5_BYTES = 16 * 1024 * 1024
+
+    @classmethod
+    def validate(cls, argument: str | None) -> None:
+        super().validate(argument)
+        assert argument is not None
+        if not argument.startswith("/"):
+            raise ValueError(f"fstat() needs an absolute path, not {argument!r}")
+        if argument.startswith("//") or (argument != "/" and os.path.normpath(argument) != argument):
+            raise ValueError(f"fstat() needs a normalised path (no '..', '.', '//' or trailing "
+                             f"'/'): {argument!r}")
+
+    @staticmethod
+    def roots(node: Any) -> list[str]:
+        config = getattr(node, "config", None)
+        section = config.plugin("fstat") if config is not None and hasattr(config, "plugin") else {}
+        roots = section.get("roots", ["/"])
+        if isinstance(roots, str):
+            roots = [roots]
+        return [os.path.normpath(r) for r in roots if isinstance(r, str) and r.startswith("/")]
+
+    def confine(self, path: str, node: Any) -> None:
+        """Raise :class:`ValueError` unless ``path`` is inside a configured root."""
+        roots = self.roots(node)
+        if not any(_within(path, root) for root in roots):
+            raise ValueError(f"{path} is outside the fstat roots ({', '.join(roots) or 'none'})")
+        parent, base = os.path.split(path)
+        resolved = os.path.join(os.path.realpath(parent), base) if base else os.path.realpath(path)
+        if not any(_within(resolved, os.path.realpath(root)) for root in roots):
+            raise ValueError(f"{path} resolves to {resolved}, outside the fstat roots")
+
+    def query(self, argument: str | None, node: Any) -> dict[str, Any]:
+        assert argument is not None
+        self.confine(argument, node)
+        result: dict[str, Any] = {key: None for key in self.outputs}
+        result.update(name=argument, type="unknown", present=False)
+        try:
+            st = os.lstat(argument)
+        except OSError as exc:
+            log.debug("fstat %s: %s", argument, exc)
+            return result
+        now = time.time()
+        result.update(present=True, size=st.st_size, mode=f"{st.st_mode:o}", uid=st.st_uid,
+                      gid=st.st_gid)
+        for test, kind in _TYPES:
+            if test(st.st_mode):
+                result["type"] = kind
+                break
+        for item in ("mtime", "atime", "ctime"):
+            seconds = getattr(st, f"st_{item}")
+            result[item] = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(seconds))
+            result[f"{item}_seconds"] = int(seconds)
+            result[f"{item}_age"] = int(now - seconds)
+        if stat.S_ISREG(st.st_mode) and st.st_mode & stat.S_IROTH and st.st_size <= self.MAX_MD5_BYTES:
+            result["md5"] = self.md5(argument, st)
+        return result
+
+    def md5(self, path: str, st: os.stat_result) -> str | None:
+        """The MD5 of ``path`` if it is still the same world-readable regular file."""
+        if not self.world_reachable(path):
+            return None
+        flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) \
+            | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+        try:
+            fd = os.open(path, flags)
+        except OSError:
+            return None
+        try:
+            fst = os.fstat(fd)
+            if (not stat.S_ISREG(fst.st_mode) or (fst.st_dev, fst.st_ino) != (st.st_dev, st.st_ino)
+                    or not fst.st_mode & stat.S_IROTH or fst.st_size > self.MAX_MD5_BYTES):
+                return None
+            digest = hashlib.md5(usedforsecurity=False)
+            total = 0
+            while True:
+                chunk = os.read(fd, 1 << 16)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > self.MAX_MD5_BYTES:  # grew while we read it
+                    return None
+                digest.update(chunk)
+            return digest.hexdigest()
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    @staticmethod
+    def world_reachable(path: str) -> bool:
+        """Every directory above ``path`` (symlinks resolved) is searchable by others."""
+        directory = os.path.realpath(os.path.dirname(path))
+        while True:
+            try:
+                if not os.stat(directory).st_mode & stat.S_IXOTH:
+                    return False
+            except OSError:
+                return False
+            if directory == "/":
+                return True
+            directory = os.path.dirname(directory)
+
+
+# -- fact, agent, collective -----------------------------------------------------------------
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, int):
+        return "integer"
+    if isinstance(value, float):
+        return "float"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, Mapping):
+        return "hash"
+    if isinstance(value, (list, tuple)):
+        return "array"
+    return type(value).__name__
+
+
+class FactData(DataPlugin):
+    """``fact('os.family').value``: one fact, by dotted path (MCollective MCO-363).
+
+    A structured value (a list or mapping) is given as compact JSON text.
+    """
+
+    name = "fact"
+    description = "The value of a fact, by dotted path"
+    argument = "Dotted path of the fact, e.g. os.family"
+    outputs = {
+        "exists": "Whether the fact exists",
+        "value": "The value (lists and mappings as JSON text)",
+        "type": "string, integer, float, boolean, array, hash or null",
+    }
+    default_output = "value"
+
+    @classmethod
+    def validate(cls, argument: str | None) -> None:
+        super().validate(argument)
+        if not argument:
+            raise ValueError("fact() needs a fact name")
+
+    def query(self, argument: str | None, node: Any) -> dict[str, Any]:
+        assert argument is not None
+        value = _lookup(node.facts(), argument)
+        if value is _MISSING:
+            return {"exists": False, "value": None, "type": None}
+        shown = _render(value) if isinstance(value, (Mapping, list, tuple)) else value
+        return {"exists": True, "value": shown, "type": _type_name(value)}
+
+
+_AGENT_NAME = re.compile(r"[a-z0-9_]{1,64}")
+_COLLECTIVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_AGENT_META = ("name", "version", "timeout", "author", "description", "license", "url")
+
+
+class AgentData(DataPlugin):
+    """``agent('service').present``: whether an agent is loaded, and its DDL metadata."""
+
+    name = "agent"
+    description = "Whether an agent is loaded here, and its DDL metadata"
+    argument = "Agent name"
+    outputs = {
+        "present": "Whether the agent is loaded",
+        "name": "Agent name (DDL)",
+        "version": "Agent version (DDL)",
+        "timeout": "Action timeout in seconds (DDL)",
+        "author": "Author (DDL)",
+        "description": "Description (DDL)",
+        "license": "License (DDL)",
+        "url": "URL (DDL)",
+    }
+    default_output = "present"
+
+    @classmethod
+    def validate(cls, argument: str | None) -> None:
+        super().validate(argument)
+        if not _AGENT_NAME.fullmatch(argument or ""):
+            raise ValueError(f"agent() needs an agent name ([a-z0-9_]{{1,64}}), not {argument!r}")
+
+    def query(self, argument: str | None, node: Any) -> dict[str, Any]:
+        ddls = node.agent_ddls()
+        result: dict[str, Any] = {key: None for key in self.outputs}
+        result["present"] = argument in ddls
+        ddl = ddls.get(argument) if result["present"] else None
+        metadata = getattr(ddl, "metadata", None)
+        if isinstance(metadata, Mapping):
+            for key in _AGENT_META:
+                value = metadata.get(key)
+                result[key] = value if value is None or isinstance(value, (str, int, float)) else str(value)
+        return result
+
+
+class CollectiveData(DataPlugin):
+    """``collective('uk').member``: whether this node is in a (sub)collective."""
+
+    name = "collective"
+    description = "Whether this node is a member of a collective"
+    argument = "Collective name"
+    outputs = {"member": "Whether the node is in the collective"}
+    default_output = "member"
+
+    @classmethod
+    def validate(cls, argument: str | None) -> None:
+        super().validate(argument)
+        if not _COLLECTIVE_NAME.fullmatch(argument or ""):
+            raise ValueError(f"collective() needs a collective name, not {argument!r}")
+
+    def query(self, argument: str | None, node: Any) -> dict[str, Any]:
+        return {"member": argument in list(node.collectives)}
+
+
+#: Registered by :mod:`collective.builtins`.
+BUILTIN_DATA_PLUGINS: tuple[type[DataPlugin], ...] = (FstatData, FactData, AgentData, CollectiveData)
