@@ -221,3 +221,37 @@ def test_completion_scripts_and_live_completion(fleet):
                           env={**os.environ, "_MCO_COMPLETE": "bash_complete", "COMP_WORDS": "mco fl",
                                "COMP_CWORD": "1"})
     assert "fleet" in proc.stdout
+
+
+def test_discovery_window_ends_broadcast_discovery_early(fleet):
+    started = time.monotonic()
+    code, out, _ = mco(fleet, "find", "--dt", "15", "--discovery-window", "0.5")
+    assert code == 0 and out.split() == NODES
+    assert time.monotonic() - started < 8
+
+
+def test_progress_bar_only_on_a_terminal(fleet):
+    import pty
+
+    code, out, err = mco(fleet, "rpc", "rpcutil", "ping", "--dt", "1")
+    assert code == 0 and "* [" not in out + err
+    primary, secondary = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "collective", "rpc", "rpcutil", "ping", "--dt", "1",
+                             "-c", str(fleet.client_config)], stdout=subprocess.PIPE, stderr=secondary,
+                            text=True)
+    os.close(secondary)
+    stdout, _ = proc.communicate(timeout=60)
+    chunks = []
+    while True:
+        try:
+            data = os.read(primary, 65536)
+        except OSError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(primary)
+    drawn = b"".join(chunks).decode(errors="replace")
+    assert proc.returncode == 0
+    assert "* [" in drawn and "] 4 / 4" in drawn
+    assert "* [" not in stdout

@@ -91,6 +91,12 @@ def test_collect_list_forget_and_find(fleet, collector):
     assert by_inventory.nodes == by_broadcast.nodes == ["node-001"]
     code, out, err = mco(fleet, "find", "--dm", "inventory", "--do", f"db={db}", "-F", "role=web")
     assert (code, out.split()) == (0, ["node-001"]), err
+    started = time.monotonic()
+    code, out, err = mco(fleet, "rpc", "rpcutil", "ping", "--dm", "inventory", "--do", f"db={db}",
+                         "-C", "/^role::(db|cache)$/", "--dt", "10")
+    assert code == 0, err
+    assert "Finished processing 2 / 2 hosts" in out
+    assert time.monotonic() - started < 8, "inventory discovery waited like broadcast discovery"
 
     # forget: gone until the node registers again (every second)
     code, out, _ = mco(fleet, "registry", "forget", "node-002", "--db", str(db))
