@@ -7,19 +7,24 @@ import json
 import logging
 import os
 import re
+import socket
 import stat
+import tempfile
 import threading
+from pathlib import Path
 
 import pytest
 
 from collective.audit import (
     AuditLog,
     JsonlAuditSink,
+    SyslogAuditSink,
     audit_record,
     canonical_json,
     data_sha256,
+    parse_syslog_address,
 )
-from collective.config import Config
+from collective.config import Config, ConfigError
 
 
 def make_config(path):
@@ -292,3 +297,139 @@ def test_failure_logging_is_rate_limited(caplog):
 
 def test_empty_audit_log_succeeds():
     assert AuditLog([], fail_closed=True).record(sample()) is True
+
+
+# -- the syslog sink (real sockets) -----------------------------------------------
+
+def syslog_config(address, **audit):
+    return Config({"identity": "n1", "audit": {"sinks": ["syslog"], "syslog_address": address,
+                                               **audit}}, kind="server", env={})
+
+
+@pytest.fixture
+def udp_listener():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(5)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+@pytest.fixture
+def short_dir():
+    # AF_UNIX paths are limited to about 100 bytes; pytest's tmp_path can be longer.
+    with tempfile.TemporaryDirectory(prefix="cl-audit-") as name:
+        yield Path(name)
+
+
+def unix_listener(path):
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.settimeout(5)
+    return sock
+
+
+def parse_syslog(datagram):
+    match = re.fullmatch(rb"<(\d+)>collective-audit: (\{.*\})", datagram)
+    assert match, datagram
+    return int(match[1]), match[2].decode()
+
+
+def test_syslog_sink_sends_the_jsonl_line_with_prefix_facility_and_priority(udp_listener, tmp_path):
+    port = udp_listener.getsockname()[1]
+    sink = SyslogAuditSink(syslog_config(f"127.0.0.1:{port}", syslog_facility="local3"))
+    allow, deny = sample(), sample(decision="deny", reason="policy", statuscode=1)
+    sink.write(allow)
+    sink.write(deny)
+    sink.close()
+    jsonl = JsonlAuditSink(make_config(tmp_path / "audit.jsonl"))
+    jsonl.write(allow)
+    jsonl.write(deny)
+    jsonl.close()
+    expected = (tmp_path / "audit.jsonl").read_text().splitlines()
+    first, second = (parse_syslog(udp_listener.recv(65536)) for _ in range(2))
+    local3 = 19
+    assert first == (local3 * 8 + 6, expected[0])  # info
+    assert second == (local3 * 8 + 4, expected[1])  # warning
+    assert json.loads(first[1]) == allow
+
+
+def test_syslog_default_facility_is_authpriv(udp_listener):
+    port = udp_listener.getsockname()[1]
+    sink = SyslogAuditSink(syslog_config(f"127.0.0.1:{port}"))
+    sink.write(sample(decision="refused", reason="replayed"))
+    sink.close()
+    pri, line = parse_syslog(udp_listener.recv(65536))
+    assert pri == 10 * 8 + 4 and json.loads(line)["decision"] == "refused"
+
+
+def test_syslog_sink_over_a_unix_socket_fails_loudly_and_recovers(short_dir, caplog):
+    path = short_dir / "log"
+    listener = unix_listener(path)
+    sink = SyslogAuditSink(syslog_config(str(path)))
+    audit = AuditLog([sink], fail_closed=True)
+    assert audit.record(sample(request_id="one")) is True
+    assert json.loads(parse_syslog(listener.recv(65536))[1])["request_id"] == "one"
+
+    listener.close()  # syslogd went away
+    path.unlink()
+    with pytest.raises(OSError):
+        sink.write(sample(request_id="lost"))
+    with caplog.at_level(logging.ERROR, logger="collective.audit"):
+        assert audit.record(sample(request_id="lost")) is False  # what fail_closed acts on
+    assert "audit sink syslog failed to write" in caplog.text
+
+    listener = unix_listener(path)  # syslogd is back: the next write reconnects
+    try:
+        assert audit.record(sample(request_id="two")) is True
+        assert json.loads(parse_syslog(listener.recv(65536))[1])["request_id"] == "two"
+    finally:
+        listener.close()
+        sink.close()
+
+
+def test_syslog_sink_without_a_listener_starts_and_raises_on_write(short_dir, caplog):
+    with caplog.at_level(logging.ERROR, logger="collective.audit"):
+        sink = SyslogAuditSink(syslog_config(str(short_dir / "nosuch")))  # not fatal
+    with pytest.raises(OSError):
+        sink.write(sample())
+    assert AuditLog([sink], fail_closed=True).record(sample()) is False
+
+
+def test_syslog_reopen_recreates_the_handler(udp_listener):
+    port = udp_listener.getsockname()[1]
+    sink = SyslogAuditSink(syslog_config(f"127.0.0.1:{port}"))
+    old = sink._handler
+    sink.reopen()
+    assert sink._handler is not None and sink._handler is not old
+    with sink._lock:  # a writer is busy: reopen is deferred, never blocks
+        sink.reopen()
+        deferred = sink._handler
+    sink.write(sample(request_id="after"))
+    assert sink._handler is not deferred
+    assert json.loads(parse_syslog(udp_listener.recv(65536))[1])["request_id"] == "after"
+    sink.close()
+    with pytest.raises(OSError, match="closed"):
+        sink.write(sample())
+
+
+def test_syslog_address_forms():
+    assert parse_syslog_address("/dev/log") == "/dev/log"
+    assert parse_syslog_address("logs.example.com:514") == ("logs.example.com", 514)
+    assert parse_syslog_address("[::1]:5514") == ("::1", 5514)
+    for bad in ("dev/log", "host", "host:0", "host:port", ":514", "host:70000"):
+        with pytest.raises(ValueError, match="audit.syslog_address"):
+            parse_syslog_address(bad)
+
+
+def test_syslog_config_keys_are_validated_and_the_sink_is_built_in():
+    from collective.plugins import get_plugin_manager
+
+    with pytest.raises(ConfigError, match="audit.syslog_facility"):
+        syslog_config("/dev/log", syslog_facility="nosuch")
+    defaults = Config({"identity": "n1"}, kind="server", env={})
+    assert defaults.get("audit.syslog_address") == "/dev/log"
+    assert defaults.get("audit.syslog_facility") == "authpriv"
+    assert get_plugin_manager(load_entrypoints=False).audit_sinks()["syslog"] is SyslogAuditSink

@@ -19,13 +19,15 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import threading
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["DECISIONS", "AuditLog", "JsonlAuditSink", "audit_record", "canonical_json", "data_sha256"]
+__all__ = ["DECISIONS", "AuditLog", "JsonlAuditSink", "SyslogAuditSink", "audit_record",
+           "canonical_json", "data_sha256", "parse_syslog_address"]
 
 log = logging.getLogger(__name__)
 
@@ -159,8 +161,7 @@ class JsonlAuditSink:
         """Append ``record`` as one line; raise :class:`OSError` if it cannot be written."""
         if self.path is None:
             return
-        line = json.dumps(dict(record), sort_keys=True, separators=(",", ":"),
-                          default=str).encode("utf-8") + b"\n"
+        line = _json_line(record).encode("utf-8") + b"\n"
         with self._lock:
             if self._closed:
                 raise OSError(errno.EBADF, "audit sink is closed", self.path)
@@ -203,6 +204,134 @@ class JsonlAuditSink:
         with self._lock:
             self._closed = True
             self._close_fd()
+
+
+def _json_line(record: Mapping[str, Any]) -> str:
+    return json.dumps(dict(record), sort_keys=True, separators=(",", ":"), default=str)
+
+
+def parse_syslog_address(text: str) -> str | tuple[str, int]:
+    """``/dev/log`` (a unix socket path) or ``host:port`` (UDP; ``[::1]:514`` for IPv6)."""
+    if text.startswith("/"):
+        return text
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"audit.syslog_address {text!r}: expected a unix socket path such as "
+                         "/dev/log, or host:port for UDP")
+    return host, int(port)
+
+
+def _reraise(record: logging.LogRecord) -> None:
+    """``SysLogHandler.handleError`` replacement: the sink reports failures, it does not
+    print them to stderr, so ``fail_closed`` can act on them."""
+    exc = sys.exc_info()[1]
+    if isinstance(exc, OSError):
+        raise exc
+    raise OSError(errno.EIO, f"syslog write failed: {exc}") from exc
+
+
+class SyslogAuditSink:
+    """Sends one syslog message per record through :class:`logging.handlers.SysLogHandler`.
+
+    The message is ``collective-audit: `` followed by the same JSON line the jsonl
+    sink writes, at priority ``info`` for ``allow`` and ``warning`` for ``deny``
+    and ``refused``, with facility ``audit.syslog_facility`` (default ``authpriv``,
+    which stock syslog configurations keep in a root-only file). The address is
+    ``audit.syslog_address``: a unix socket path (default ``/dev/log``) or
+    ``host:port`` for UDP.
+
+    :meth:`write` raises :class:`OSError` when the message cannot be sent (no
+    syslog listening on the socket, an unresolvable host, a message too large),
+    so ``audit.fail_closed`` works with this sink too. UDP to a live address
+    cannot report a lost datagram. A handler that cannot be created at start is
+    logged, not fatal, and every write retries. :meth:`reopen` re-creates the
+    handler (a restarted syslogd gets a fresh connection).
+    """
+
+    name = "syslog"
+    #: What each message starts with (the syslog tag).
+    PREFIX = "collective-audit: "
+
+    def __init__(self, config: Any) -> None:
+        get = config.get if config is not None else (lambda key, default=None: default)
+        self.address = parse_syslog_address(str(get("audit.syslog_address") or "/dev/log"))
+        self.facility = str(get("audit.syslog_facility") or "authpriv")
+        from logging.handlers import SysLogHandler
+
+        if self.facility not in SysLogHandler.facility_names:
+            raise ValueError(f"audit.syslog_facility {self.facility!r}: expected one of "
+                             f"{', '.join(sorted(SysLogHandler.facility_names))}")
+        self._lock = threading.Lock()
+        self._handler: Any = None
+        self._closed = False
+        self._reopen_wanted = False
+        try:
+            self._handler = self._make_handler()
+        except OSError as exc:
+            log.error("cannot open syslog audit sink %s: %s", self._where, exc.strerror or exc)
+
+    @property
+    def _where(self) -> str:
+        address = self.address
+        return address if isinstance(address, str) else f"{address[0]}:{address[1]} (udp)"
+
+    def _make_handler(self) -> Any:
+        from logging.handlers import SysLogHandler
+
+        handler = SysLogHandler(address=self.address, facility=self.facility)
+        handler.ident = self.PREFIX
+        handler.append_nul = False
+        handler.handleError = _reraise  # type: ignore[method-assign]
+        return handler
+
+    def _drop_handler(self) -> None:
+        handler, self._handler = self._handler, None
+        if handler is not None:
+            try:
+                handler.close()
+            except OSError as exc:  # pragma: no cover - close rarely fails
+                log.warning("closing syslog audit sink %s: %s", self._where, exc)
+
+    # -- sink API --------------------------------------------------------------------
+    def write(self, record: Mapping[str, Any]) -> None:
+        """Send ``record``; raise :class:`OSError` if it cannot be sent."""
+        level = logging.INFO if record.get("decision") == "allow" else logging.WARNING
+        entry = logging.LogRecord("collective.audit", level, __file__, 0, _json_line(record),
+                                  None, None)
+        with self._lock:
+            if self._closed:
+                raise OSError(errno.EBADF, "audit sink is closed", self._where)
+            if self._reopen_wanted:
+                self._reopen_wanted = False
+                self._drop_handler()
+            if self._handler is None:
+                self._handler = self._make_handler()
+            self._handler.emit(entry)
+
+    def reopen(self) -> None:
+        """Re-create the handler (SIGHUP or SIGUSR1); deferred to the next write when a
+        write holds the lock, as in :meth:`JsonlAuditSink.reopen`."""
+        self._reopen_wanted = True
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._closed = False
+            self._reopen_wanted = False
+            self._drop_handler()
+            try:
+                self._handler = self._make_handler()
+            except OSError as exc:
+                log.error("cannot reopen syslog audit sink %s: %s", self._where,
+                          exc.strerror or exc)
+        finally:
+            self._lock.release()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._drop_handler()
 
 
 class AuditLog:

@@ -35,9 +35,9 @@ def collective_formats() -> list[Any]:
 
 @hookimpl
 def collective_audit_sinks() -> list[type]:
-    from .audit import JsonlAuditSink
+    from .audit import JsonlAuditSink, SyslogAuditSink
 
-    return [JsonlAuditSink]
+    return [JsonlAuditSink, SyslogAuditSink]
 
 
 @hookimpl

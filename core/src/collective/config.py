@@ -85,6 +85,7 @@ SCHEMA: dict[str, Any] = _obj(
                 "sources": {"type": "array", "items": _str},
                 "files": {"type": "array", "items": _str},
                 "static": {"type": "object"},
+                "refresh": {"type": "number", "minimum": 0},
             }
         ),
         "classes_file": _path,
@@ -94,6 +95,11 @@ SCHEMA: dict[str, Any] = _obj(
                 "sinks": {"type": "array", "items": _str},
                 "file": _path,
                 "fail_closed": _bool,
+                # the syslog sink: a unix socket path, or host:port for UDP
+                "syslog_address": _str,
+                "syslog_facility": {"enum": [
+                    "auth", "authpriv", "cron", "daemon", "ftp", "kern", "lpr", "mail", "news",
+                    "syslog", "user", "uucp", *(f"local{i}" for i in range(8))]},
             }
         ),
         "server": _obj(
@@ -145,9 +151,10 @@ DEFAULTS: dict[str, Any] = {
         "replay_cache": 100_000,
         "max_request_bytes": 512 * 1024,
     },
-    "facts": {"sources": ["static"], "files": [], "static": {}},
+    "facts": {"sources": ["static"], "files": [], "static": {}, "refresh": 1.0},
     "authorization": {"provider": None},
-    "audit": {"sinks": ["jsonl"], "fail_closed": False},
+    "audit": {"sinks": ["jsonl"], "fail_closed": False, "syslog_address": "/dev/log",
+              "syslog_facility": "authpriv"},
     "server": {"max_concurrent": 8, "max_queued": 256, "registration_interval": 0},
     "discovery": {"timeout": 2.0, "method": "broadcast", "inventory": None, "stale_after": None},
     "rpc": {"timeout": None},

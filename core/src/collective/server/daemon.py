@@ -71,7 +71,8 @@ class Daemon:
                                  max_ttl=sec["max_ttl"], clock=clock)
         provider_cls = resolve(sec["provider"], self.pm.security_providers(), "security provider")
         self.security = provider_cls(config, role="node")
-        self.facts_store = FactStore(config, self.pm.fact_sources())
+        self.facts_store = FactStore(config, self.pm.fact_sources(),
+                                     refresh=float(config["facts"]["refresh"]))
         self.audit = self._make_audit()
         self.host = self._make_host()
         server = config["server"]
@@ -255,6 +256,7 @@ class Daemon:
         audited = self._audit(request, "allow", "authorized", None)
         if not audited and self.audit.fail_closed and request.agent not in RESERVED_AGENTS:
             self.count("audit_failures")
+            self._audit(request, "refused", "audit_unavailable", 1)  # reaches the sinks that still work
             self._reply(verified.body, request, 1, "audit unavailable: request refused", {})
             return
         self._dispatch(host, call, request, verified.body)
