@@ -4,16 +4,21 @@ An authorizer (registered with the ``collective_authorizers`` hook) is
 constructed with the daemon config and has ``authorize(ctx: AuthzContext) ->
 Decision``. The daemon calls it after DDL validation and before the action, on
 every request; a denied request gets status 1 and an audit line ``deny``
-(THREATS S6).
+(THREATS S6). ``ctx.data_resolver`` answers data plugin calls such as
+``fstat("/etc/hosts")`` for policies that use them (cached per request).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["AuthzContext", "Decision"]
+#: ``resolver(name, argument) -> outputs | None``: answers data plugin calls such as
+#: ``fstat("/etc/hosts")`` (a :class:`collective.data.DataResolver`).
+DataResolverFn = Callable[[str, str | None], Mapping[str, Any] | None]
+
+__all__ = ["AuthzContext", "DataResolverFn", "Decision"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,9 @@ class AuthzContext:
     classes: Sequence[str]
     #: this node's identity
     identity: str
+    #: answers data plugin calls (``fstat("/etc/hosts").size``) in policy expressions,
+    #: cached per request; None when the host has no data plugins to offer
+    data_resolver: DataResolverFn | None = None
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,10 @@
 config, identity and varied sample facts, writes ``DIR/client.yaml`` and
 returns once every node answers a ping. ``fleet_down`` stops exactly the
 processes recorded in ``DIR/fleet.json``.
+
+Clients: ``clients=["admin", "bob"]`` makes one key pair per name (trusted by
+every node, caller id ``cert=NAME``); the first one's config is
+``DIR/client.yaml``, every other one's ``DIR/client-NAME.yaml``.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +38,8 @@ CLIENT_NAME = "admin"
 ROLES = ("web", "db", "cache")
 LOCATIONS = ("uk", "us", "de")
 OSES = (("debian", "Debian", "12"), ("redhat", "RedHat", "9"))
+#: Client key names: a file name and the ``NAME`` of caller id ``cert=NAME``.
+_CLIENT_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 
 
 class FleetError(Exception):
@@ -66,13 +73,22 @@ class Fleet:
     broker: BrokerSpec
     nodes: list[str] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)
+    #: client key names; the first one's config is ``client.yaml``
+    clients: list[str] = field(default_factory=lambda: [CLIENT_NAME])
 
     @property
     def client_config(self) -> Path:
         return self.directory / "client.yaml"
 
+    def client_config_for(self, name: str) -> Path:
+        """The config file of client ``name`` (``client.yaml`` for the first client)."""
+        if name not in self.clients:
+            raise FleetError(f"no client {name!r} in this fleet (clients: {', '.join(self.clients)})")
+        return self.client_config if name == self.clients[0] else self.directory / f"client-{name}.yaml"
+
     def save(self) -> None:
-        state = {"broker": vars(self.broker) | {"password": None}, "nodes": self.nodes, "pids": self.pids}
+        state = {"broker": vars(self.broker) | {"password": None}, "nodes": self.nodes,
+                 "pids": self.pids, "clients": self.clients}
         (self.directory / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     @classmethod
@@ -82,7 +98,8 @@ class Fleet:
             raise FleetError(f"{path} not found: no fleet was started in {directory}")
         state = json.loads(path.read_text())
         return cls(directory, BrokerSpec(**state["broker"]), state["nodes"],
-                   {k: int(v) for k, v in state["pids"].items()})
+                   {k: int(v) for k, v in state["pids"].items()},
+                   list(state.get("clients") or [CLIENT_NAME]))
 
 
 def free_port() -> int:
@@ -150,13 +167,27 @@ def _wait_port(host: str, port: int, timeout: float) -> None:
 def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
              timeout: float = 120.0, collectives: list[str] | None = None,
              extra_server_config: dict[str, Any] | None = None,
-             facts_for: Callable[[int, str], dict[str, Any]] | None = None) -> Fleet:
+             facts_for: Callable[[int, str], dict[str, Any]] | None = None,
+             clients: Sequence[str] | None = None) -> Fleet:
     """Start a fleet in ``directory`` and return once all ``nodes`` answer.
 
-    :param extra_server_config: top-level sections merged into every node's config.
+    :param extra_server_config: top-level sections merged into every node's config
+        (a mapping value is merged one level deep into the section of that name).
     :param facts_for: ``(index, identity) -> facts`` laid over the sample facts of a node.
+    :param clients: client key names (default ``["admin"]``); each gets a key pair
+        trusted by the nodes (caller id ``cert=NAME``) and a config file: the first
+        ``client.yaml``, the others ``client-NAME.yaml``.
     """
     from .security.keys import generate_keypair
+
+    names = list(clients) if clients is not None else [CLIENT_NAME]
+    if not names:
+        raise FleetError("clients: at least one client is needed")
+    for name in names:
+        if not isinstance(name, str) or not _CLIENT_RE.fullmatch(name):
+            raise FleetError(f"client name {name!r} does not match {_CLIENT_RE.pattern}")
+    if len(set(names)) != len(names):
+        raise FleetError(f"clients: duplicate names in {names}")
 
     directory = directory.resolve()
     if (directory / STATE_FILE).exists():
@@ -165,7 +196,7 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
     spec = broker or BrokerSpec()
     if spec.flavour == "embedded" and not spec.port:
         spec.port = free_port()
-    fleet = Fleet(directory, spec)
+    fleet = Fleet(directory, spec, clients=names)
     keys, trust = directory / "keys", directory / "trust"
     for sub in (keys, trust / "clients", trust / "nodes"):
         sub.mkdir(parents=True, exist_ok=True)
@@ -185,17 +216,18 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
                  "--log-level", "WARNING"], directory / "broker.log")
             fleet.save()
             _wait_port(spec.host, spec.port, 30)
-        if not (keys / f"{CLIENT_NAME}.key").exists():
-            generate_keypair(CLIENT_NAME, keys)
-            shutil.copy(keys / f"{CLIENT_NAME}.pub", trust / "clients" / f"{CLIENT_NAME}.pub")
-        _write_yaml(fleet.client_config, {
-            "identity": f"{CLIENT_NAME}-client",
-            "collectives": collectives,
-            "broker": broker_section,
-            "security": {"provider": "ed25519", "identity": CLIENT_NAME,
-                         "private_key": f"keys/{CLIENT_NAME}.key", "trust_dir": "trust"},
-            "discovery": {"timeout": 2.0},
-        })
+        for name in names:
+            if not (keys / f"{name}.key").exists():
+                generate_keypair(name, keys)
+                shutil.copy(keys / f"{name}.pub", trust / "clients" / f"{name}.pub")
+            _write_yaml(fleet.client_config_for(name), {
+                "identity": f"{name}-client",
+                "collectives": collectives,
+                "broker": broker_section,
+                "security": {"provider": "ed25519", "identity": name,
+                             "private_key": f"keys/{name}.key", "trust_dir": "trust"},
+                "discovery": {"timeout": 2.0},
+            })
         for index in range(1, nodes + 1):
             identity = f"node-{index:03d}"
             fleet.nodes.append(identity)

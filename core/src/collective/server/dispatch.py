@@ -175,15 +175,23 @@ class AgentHost:
     :param ddls: agent name -> validated DDL
     :param authorizer: an object with ``authorize(AuthzContext) -> Decision``, or
         None to allow every valid request
+    :param data_plugins: data plugin name -> class or instance, answering
+        ``fstat(...)``-style calls in policies (``AuthzContext.data_resolver``); None
+        takes ``node.pm.data_plugins()`` when the node has a plugin manager (the
+        daemon), else the built-in ones. Instantiated on first use.
     """
 
     def __init__(self, config: Config, node: Any, agent_classes: Mapping[str, type],
-                 ddls: Mapping[str, AgentDDL], authorizer: Any = None) -> None:
+                 ddls: Mapping[str, AgentDDL], authorizer: Any = None,
+                 data_plugins: Mapping[str, Any] | None = None) -> None:
         self.config = config
         self.node = node
         self.agent_classes = dict(agent_classes)
         self.ddls = dict(ddls)
         self.authorizer = authorizer
+        self._data_registry = data_plugins
+        self._data_instances: Mapping[str, Any] | None = None
+        self._data_lock = threading.Lock()
         #: agent name -> instance, for the agents that loaded
         self.agents: dict[str, Agent] = {}
         self._actions: dict[str, dict[str, Any]] = {}
@@ -271,7 +279,8 @@ class AgentHost:
         try:
             ctx = AuthzContext(caller=call.caller, agent=call.agent, action=call.action, data=data,
                                facts=MappingProxyType(self.node.facts()),
-                               classes=tuple(self.node.classes()), identity=self.node.identity)
+                               classes=tuple(self.node.classes()), identity=self.node.identity,
+                               data_resolver=_LazyResolver(self))
             decision = self.authorizer.authorize(ctx)
         except Exception as exc:  # fail closed: a broken policy denies
             log.exception("authorizer failed for %s#%s from %s", call.agent, call.action, call.caller)
@@ -283,6 +292,27 @@ class AgentHost:
             return Decision(False, str(getattr(decision, "reason", "denied")),
                             getattr(decision, "rule", None))
         return decision
+
+    def data_plugin_instances(self) -> Mapping[str, Any]:
+        """The data plugins policies may call, instantiated once per host."""
+        if self._data_instances is None:
+            with self._data_lock:
+                if self._data_instances is None:
+                    from ..data import BUILTIN_DATA_PLUGINS, instantiate
+
+                    registry = self._data_registry
+                    try:
+                        if registry is None:
+                            pm = getattr(self.node, "pm", None)
+                            registry = (pm.data_plugins() if pm is not None
+                                        and callable(getattr(pm, "data_plugins", None))
+                                        else {p.name: p for p in BUILTIN_DATA_PLUGINS})
+                        self._data_instances = instantiate(registry)
+                    except Exception:
+                        log.exception("data plugins could not be loaded; policy expressions "
+                                      "calling functions will not match")
+                        self._data_instances = {}
+        return self._data_instances
 
     def run(self, call: CallInfo) -> Outcome:
         """Run the action (calling :meth:`prepare` first if it was not) and map
@@ -322,3 +352,23 @@ class AgentHost:
                               "cannot be encoded as JSON", act.output_defaults(), "allow", "error")
         code = reply.statuscode
         return Outcome(code, reply.statusmsg, out, "allow", _REASONS.get(code, "error"))
+
+
+class _LazyResolver:
+    """A :class:`collective.data.DataResolver` for one request, built on the first call
+    (most policies never call a data plugin)."""
+
+    def __init__(self, host: AgentHost) -> None:
+        self._host = host
+        self._resolver: Any = None
+
+    @property
+    def plugins(self) -> Mapping[str, Any]:
+        return self._host.data_plugin_instances()
+
+    def __call__(self, name: str, argument: str | None) -> Any:
+        if self._resolver is None:
+            from ..data import DataResolver
+
+            self._resolver = DataResolver(self._host.data_plugin_instances(), self._host.node)
+        return self._resolver(name, argument)

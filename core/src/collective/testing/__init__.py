@@ -36,14 +36,22 @@ def require(available: bool, why: str) -> None:
 
 class InProcessNode:
     """A node without a broker: ``call()`` goes through DDL validation, authorization
-    and dispatch exactly as ``collectived`` does after verifying a request."""
+    and dispatch exactly as ``collectived`` does after verifying a request.
+
+    Without ``authorizer``, ``authorization.provider`` in ``config`` is resolved
+    through the ``collective_authorizers`` hook of ``plugins``, as the daemon does.
+    Facts come from ``facts.static`` in ``config``; ``classes`` are the node's
+    classes. Data plugins (``fstat(...)`` in policies) are those of ``plugins``
+    plus the built-ins.
+    """
 
     def __init__(self, plugins: list[ModuleType], config: dict[str, Any] | None = None,
                  identity: str = "test-node", caller: str = "cert=tester",
-                 authorizer: Any = None, load_entrypoints: bool = False) -> None:
+                 authorizer: Any = None, load_entrypoints: bool = False,
+                 classes: list[str] | None = None) -> None:
         from ..config import Config
         from ..ddl import AgentDDL
-        from ..plugins import get_plugin_manager
+        from ..plugins import get_plugin_manager, resolve
         from ..server.dispatch import AgentHost, StaticNode
 
         data = {"identity": identity, **(config or {})}
@@ -52,8 +60,14 @@ class InProcessNode:
         formats = self.pm.formats()
         ddls = {name: AgentDDL.load(res, formats=formats) for name, res in self.pm.ddl_files().items()}
         facts = dict(self.config.get("facts.static") or {})
-        self.node = StaticNode(identity=identity, config=self.config, facts=facts, classes=[])
-        self.host = AgentHost(self.config, self.node, self.pm.agents(), ddls, authorizer=authorizer)
+        self.node = StaticNode(identity=identity, config=self.config, facts=facts,
+                               classes=list(classes or []))
+        provider = self.config.get("authorization.provider")
+        if authorizer is None and provider:
+            authorizer = resolve(provider, self.pm.authorizers(), "authorizer")(self.config)
+        self.authorizer = authorizer
+        self.host = AgentHost(self.config, self.node, self.pm.agents(), ddls, authorizer=authorizer,
+                              data_plugins=self.pm.data_plugins())
         self.problems = self.host.load()
         self.caller = caller
 
@@ -100,6 +114,19 @@ def collective_rabbitmq() -> Iterator[Any]:
     reason = rabbitmq_available()
     require(reason is None, f"RabbitMQ is not usable: {reason}")
     with RabbitMQServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def collective_activemq() -> Iterator[Any]:
+    """A private ActiveMQ broker (STOMP only) on loopback, shared by the session
+    (``.broker_config()`` gives the ``broker`` config section, flavour ``activemq``).
+    Missing ActiveMQ skips locally and fails under ``CI=true``."""
+    from .activemq import ActiveMQServer, activemq_available
+
+    reason = activemq_available()
+    require(reason is None, f"ActiveMQ is not usable: {reason}")
+    with ActiveMQServer() as server:
         yield server
 
 
