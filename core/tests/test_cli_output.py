@@ -69,3 +69,11 @@ def test_finished_line_and_no_response_block():
     result = Result(replies=[reply("a")], stats=CallStats(expected=["a", "b"], responded=["a"]))
     assert finished_line(result, 0.01523) == "Finished processing 1 / 2 hosts in 15.23 ms"
     assert no_response_text(result) == "\nNo response from:\n\n    b\n"
+
+
+def test_summary_skips_null_values():
+    replies = [reply("a", value="amd64"), reply("b", value=None), reply("c", value=None)]
+    text = aggregate_text("summary", ["value"], replies, OUTPUTS)
+    assert "amd64 = 1" in text and " = 2" not in text
+    all_null = aggregate_text("summary", ["value"], [reply("a", value=None)], OUTPUTS)
+    assert "No aggregate summary could be computed" in all_null

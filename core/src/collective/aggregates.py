@@ -43,10 +43,11 @@ def _text(value: Any) -> str:
 
 
 def _expand(values: list[Any]) -> list[Any]:
+    """Arrays count element by element; null (an output the node left unset) counts not at all."""
     out: list[Any] = []
     for value in values:
         out.extend(value if isinstance(value, list) else [value])
-    return out
+    return [value for value in out if value is not None]
 
 
 def _numbers(values: list[Any]) -> list[float]:
