@@ -14,7 +14,8 @@ $(BIN)/python:
 
 install: $(BIN)/python  ## .venv with every distribution editable, plus dev tools
 	$(BIN)/pip install -q $(addprefix -e ./,$(DISTS)) \
-	    "pytest>=8" pytest-timeout "hypothesis>=6" ruff build psutil packaging
+	    "pytest>=8" pytest-timeout "hypothesis>=6" ruff build psutil packaging \
+	    docker-systemctl-replacement==1.7.1097
 
 system-deps:  ## Debian packages the real-component tests need (root or sudo)
 	@bash scripts/system-deps.sh

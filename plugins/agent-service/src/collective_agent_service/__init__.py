@@ -1,0 +1,3 @@
+"""collective-agent-service: manage services with systemd or SysV init scripts."""
+
+__version__ = "0.1.0"
