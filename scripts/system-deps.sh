@@ -8,13 +8,17 @@
 #   dpkg-dev                  package-agent tests (dpkg-scanpackages for a local repo)
 #   puppet                    puppet agent tests
 #   monitoring-plugins-basic  nrpe agent tests (check_* plugins)
+#   activemq                  ActiveMQ Classic (5.17 on Debian 12) for the connector tests of
+#                             the `activemq` flavour. Like RabbitMQ, the tests start a
+#                             *private* broker (collective.testing.activemq); the system
+#                             service is never started or used.
 #
 # Idempotent and quiet when everything is installed. Installs non-interactively, runs
 # `apt-get update` once before installing, uses sudo when not root, and never starts a
 # service (a temporary policy-rc.d denies it while packages are configured).
 set -euo pipefail
 
-PACKAGES=(rabbitmq-server faketime dpkg-dev puppet monitoring-plugins-basic)
+PACKAGES=(rabbitmq-server faketime dpkg-dev puppet monitoring-plugins-basic activemq)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
@@ -43,7 +47,7 @@ fi
 
 echo "system-deps: installing ${missing[*]}"
 
-# Never start services while installing (rabbitmq-server, puppet ship units).
+# Never start services while installing (rabbitmq-server, puppet, activemq ship units).
 # invoke-rc.d and deb-systemd-invoke both honour /usr/sbin/policy-rc.d (exit 101 = deny).
 POLICY=/usr/sbin/policy-rc.d
 created_policy=0

@@ -13,14 +13,20 @@ import pytest
 from collective.fleet import BrokerSpec, fleet_down, fleet_up
 
 
-@pytest.fixture(scope="module", params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+@pytest.fixture(scope="module", params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+                                        pytest.param("activemq", marks=pytest.mark.activemq)])
 def fleet(request, tmp_path_factory):
-    """Three real collectived processes on the embedded broker, or on RabbitMQ's STOMP plugin."""
+    """Three real collectived processes on the embedded broker, on RabbitMQ's STOMP plugin
+    or on ActiveMQ."""
     spec = None
     if request.param == "rabbitmq":
         rmq = request.getfixturevalue("collective_rabbitmq")
         spec = BrokerSpec(flavour="rabbitmq", port=rmq.stomp_port, user=rmq.user,
                           password=rmq.password, vhost=rmq.vhost)
+    elif request.param == "activemq":
+        amq = request.getfixturevalue("collective_activemq")
+        spec = BrokerSpec(flavour="activemq", port=amq.stomp_port, user=amq.user,
+                          password=amq.password)
     directory = tmp_path_factory.mktemp("fleet")
     canary_log = directory / "canary.log"
     started = fleet_up(directory, nodes=3, broker=spec, extra_server_config={

@@ -111,11 +111,15 @@ class Env:
         self.daemon.stop()
 
 
-@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq)])
+@pytest.fixture(params=["embedded", pytest.param("rabbitmq", marks=pytest.mark.rabbitmq),
+                        pytest.param("activemq", marks=pytest.mark.activemq)])
 def broker(request):
-    """The ``broker`` config section of a real broker: embedded, or RabbitMQ's STOMP plugin."""
+    """The ``broker`` config section of a real broker: embedded, RabbitMQ's STOMP plugin
+    or ActiveMQ."""
     if request.param == "embedded":
         return {"port": request.getfixturevalue("collective_broker").port}
+    if request.param == "activemq":
+        return request.getfixturevalue("collective_activemq").broker_config()
     return request.getfixturevalue("collective_rabbitmq").broker_config()
 
 

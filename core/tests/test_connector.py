@@ -23,6 +23,8 @@ from collective.connectors import (
     StompConnector,
     create_connector,
 )
+from collective.connectors.destinations import stomp_send, stomp_subscribe
+from collective.testing.activemq import ActiveMQServer, activemq_available
 from collective.testing.rabbitmq import RabbitMQServer, free_port, rabbitmq_available
 
 COLL = "mcollective"
@@ -489,3 +491,218 @@ def test_eb_reconnect_after_broker_restart(eb: Any,
     client.publish(Destination.directed(COLL, "ebrnode"), b"after-d")
     assert bcast.wait_for(1) == [b"after-b"]
     assert direct.wait_for(1) == [b"after-d"]
+
+
+# -- ActiveMQ ---------------------------------------------------------------------------
+# One private ActiveMQ Classic broker for the module (STOMP on 127.0.0.1 only). Checks the
+# MCollective-style mapping against the real thing: agent topics, the shared node queue
+# with a selector per identity, reply queues, the registration topic.
+
+@pytest.fixture(scope="module")
+def amq() -> Iterator[ActiveMQServer]:
+    reason = activemq_available()
+    if reason:
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but ActiveMQ is not usable: {reason}", pytrace=False)
+        pytest.skip(f"ActiveMQ not available: {reason}")
+    import psutil
+
+    with ActiveMQServer() as server:
+        started = [psutil.Process(pid) for pid in server.pids]
+        started += [child for proc in started for child in proc.children(recursive=True)]
+        assert any("java" in proc.name() for proc in started)
+        # nothing listens but the one STOMP connector, and only on loopback
+        listening = {(c.laddr.ip.removeprefix("::ffff:"), c.laddr.port)
+                     for proc in started for c in proc.net_connections(kind="inet")
+                     if c.status == psutil.CONN_LISTEN or (c.type == socket.SOCK_DGRAM)}
+        assert listening == {("127.0.0.1", server.stomp_port)}, listening
+        yield server
+    gone, alive = psutil.wait_procs(started, timeout=5)
+    assert not alive, f"left running after stop(): {alive}"
+    assert server.base_dir is not None and not server.base_dir.exists()
+
+
+@pytest.fixture
+def amq_make(amq: ActiveMQServer,
+             connectors: Callable[..., StompConnector]) -> Callable[..., StompConnector]:
+    def make(client_id: str, connect: bool = True, **broker: Any) -> StompConnector:
+        conn = connectors(client_id, **{**amq.broker_config(), **broker})
+        if connect:
+            conn.connect(timeout=5)
+        return conn
+
+    return make
+
+
+@pytest.mark.activemq
+def test_amq_broadcast_reaches_every_subscriber(amq_make: Callable[..., StompConnector]) -> None:
+    assert stomp_subscribe(Destination.broadcast(COLL, "rpcutil"), "activemq") == (
+        f"/topic/{COLL}.rpcutil.agent", {})
+    nodes = [amq_make(f"anode{i}") for i in (1, 2)]
+    inboxes = [Inbox(), Inbox()]
+    for node, inbox in zip(nodes, inboxes, strict=True):
+        node.subscribe(Destination.broadcast(COLL, "rpcutil"), inbox)
+    client = amq_make("aclient")
+    client.publish(Destination.broadcast(COLL, "rpcutil"), b"\x00ping\xff", ttl=30)
+    for inbox in inboxes:
+        assert inbox.wait_for(1) == [b"\x00ping\xff"]  # binary-safe (content-length)
+    client.publish(Destination.broadcast(COLL, "package"), b"other")
+    time.sleep(0.3)
+    assert all(len(i.bodies) == 1 for i in inboxes)
+    assert client.stats["published"] == 2 and nodes[0].stats["received"] == 1
+
+
+@pytest.mark.activemq
+def test_amq_directed_goes_to_the_selected_identity_only(
+        amq_make: Callable[..., StompConnector]) -> None:
+    d1, d2 = Destination.directed(COLL, "adnode1"), Destination.directed(COLL, "adnode2")
+    # both nodes consume the *same* queue; only the selector tells them apart
+    (q1, h1), (q2, h2) = stomp_subscribe(d1, "activemq"), stomp_subscribe(d2, "activemq")
+    assert q1 == q2 == f"/queue/{COLL}.nodes"
+    assert h1 == {"selector": "mc_identity = 'adnode1'"}
+    assert h2 == {"selector": "mc_identity = 'adnode2'"}
+    assert stomp_send(d2, "activemq") == (f"/queue/{COLL}.nodes", {"mc_identity": "adnode2"})
+
+    n1, n2 = amq_make("adnode1"), amq_make("adnode2")
+    in1, in2 = Inbox(), Inbox()
+    n1.subscribe(d1, in1)
+    n2.subscribe(d2, in2)
+    client = amq_make("adclient")
+    for i in range(5):  # several, so a round-robin between the two consumers would show
+        client.publish(d1, b"for-1-%d" % i, ttl=30)
+        client.publish(d2, b"for-2-%d" % i, ttl=30)
+    # a node nobody runs: the message waits on the queue for its selector until it expires
+    client.publish(Destination.directed(COLL, "ghost"), b"nobody", ttl=2)
+    assert in1.wait_for(5) == [b"for-1-%d" % i for i in range(5)]
+    assert in2.wait_for(5) == [b"for-2-%d" % i for i in range(5)]
+    time.sleep(0.3)
+    assert len(in1.bodies) == 5 and len(in2.bodies) == 5
+
+
+@pytest.mark.activemq
+def test_amq_directed_request_waits_for_its_node_until_it_expires(
+        amq_make: Callable[..., StompConnector]) -> None:
+    dest = Destination.directed(COLL, "aflaky")
+    first, inbox1 = amq_make("aflaky"), Inbox()
+    first.subscribe(dest, inbox1)
+    first.disconnect()  # the node goes away briefly
+    client = amq_make("aflaky-client")
+    client.publish(dest, b"short-lived", ttl=1)
+    client.publish(dest, b"while-away", ttl=60)
+    time.sleep(1.5)  # the first one's `expires` has passed (broker-side expiry)
+    again, inbox2 = amq_make("aflaky"), Inbox()
+    again.subscribe(dest, inbox2)
+    assert inbox2.wait_for(1) == [b"while-away"]
+    time.sleep(0.3)
+    assert inbox2.bodies == [b"while-away"] and inbox1.bodies == []
+
+
+@pytest.mark.activemq
+def test_amq_reply_queue(amq_make: Callable[..., StompConnector]) -> None:
+    reply = Destination.reply(COLL, "arclient-1f2e")
+    assert stomp_send(reply, "activemq") == (f"/queue/{COLL}.reply.arclient-1f2e", {})
+    client, node = amq_make("arclient"), amq_make("arnode")
+    inbox = Inbox()
+    client.subscribe(reply, inbox)
+    node.publish(reply, b"reply-1")
+    node.publish(reply, b"reply-2")
+    assert inbox.wait_for(2) == [b"reply-1", b"reply-2"]
+    client.unsubscribe(reply)
+    node.publish(reply, b"reply-3")
+    time.sleep(0.3)
+    assert len(inbox.bodies) == 2
+
+
+@pytest.mark.activemq
+def test_amq_registration_topic(amq_make: Callable[..., StompConnector]) -> None:
+    reg = Destination.registration(COLL)
+    assert stomp_send(reg, "activemq") == (f"/topic/{COLL}.registration.agent", {})
+    collectors = [amq_make(f"acollector{i}") for i in (1, 2)]
+    inboxes = [Inbox(), Inbox()]
+    for collector, inbox in zip(collectors, inboxes, strict=True):
+        collector.subscribe(reg, inbox)
+    other = Inbox()
+    amq_make("aother").subscribe(Destination.broadcast(COLL, "rpcutil"), other)
+    node = amq_make("aregnode")
+    node.publish(reg, b"registration-1", ttl=60)
+    for inbox in inboxes:  # a topic: every collector gets each registration
+        assert inbox.wait_for(1) == [b"registration-1"]
+    time.sleep(0.3)
+    assert other.bodies == []
+
+
+@pytest.mark.activemq
+def test_amq_wrong_password_is_reported(amq_make: Callable[..., StompConnector]) -> None:
+    conn = amq_make("aintruder", connect=False, password="not-the-password")
+    t0 = time.monotonic()
+    with pytest.raises(ConnectorError) as err:
+        conn.connect(timeout=3)
+    assert time.monotonic() - t0 < 3  # refused at once, not at the timeout
+    assert "password is invalid" in str(err.value)
+
+
+class CuttingProxy(BlackholeProxy):
+    """127.0.0.1 TCP proxy; ``cut()`` closes every current connection (both ends see
+    EOF, as when a broker drops its clients). New connections still pass."""
+
+    def cut(self) -> None:
+        pairs, self.pairs = self.pairs, []
+        for pair in pairs:
+            for sock in pair["socks"]:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                sock.close()
+
+
+@pytest.mark.activemq
+def test_amq_reconnects_and_resubscribes_after_the_connection_drops(
+        amq: ActiveMQServer, amq_make: Callable[..., StompConnector]) -> None:
+    proxy = CuttingProxy(amq.stomp_port)
+    try:
+        node = amq_make("acutnode", port=proxy.port)
+        client = amq_make("acutclient", port=proxy.port)
+        bcast, direct, reply = Inbox(), Inbox(), Inbox()
+        node.subscribe(Destination.broadcast(COLL, "acutagent"), bcast)
+        node.subscribe(Destination.directed(COLL, "acutnode"), direct)
+        client.subscribe(Destination.reply(COLL, "acutclient"), reply)
+
+        proxy.cut()
+        wait_until(lambda: node.stats["reconnects"] >= 1 and client.stats["reconnects"] >= 1,
+                   15, "both connectors to reconnect")
+        wait_until(lambda: node.connected and client.connected, 10, "connected")
+        assert node.stats["disconnects"] >= 1 and node.stats["connects"] >= 2
+
+        client.publish(Destination.broadcast(COLL, "acutagent"), b"after-cut-b")
+        client.publish(Destination.directed(COLL, "acutnode"), b"after-cut-d", ttl=30)
+        node.publish(Destination.reply(COLL, "acutclient"), b"after-cut-r")
+        assert bcast.wait_for(1) == [b"after-cut-b"]
+        assert direct.wait_for(1) == [b"after-cut-d"]  # the selector came back too
+        assert reply.wait_for(1) == [b"after-cut-r"]
+        # the old consumers are gone on the broker side: nothing is delivered twice
+        time.sleep(0.3)
+        assert (len(bcast.bodies), len(direct.bodies), len(reply.bodies)) == (1, 1, 1)
+    finally:
+        proxy.close()
+
+
+@pytest.mark.activemq
+def test_amq_heartbeat_detects_half_open_connection(
+        amq: ActiveMQServer, amq_make: Callable[..., StompConnector]) -> None:
+    proxy = BlackholeProxy(amq.stomp_port)
+    try:
+        node = amq_make("ahbnode", port=proxy.port, heartbeat_ms=500)
+        inbox = Inbox()
+        node.subscribe(Destination.directed(COLL, "ahbnode"), inbox)
+        proxy.blackhole()
+        wait_until(lambda: node.stats["disconnects"] >= 1, 10, "missed heartbeats to be noticed")
+        wait_until(lambda: node.connected and node.stats["reconnects"] >= 1, 15, "reconnect")
+        amq_make("ahbclient").publish(Destination.directed(COLL, "ahbnode"), b"after-hb",
+                                      ttl=30)
+        # ActiveMQ may still hold the half-open consumer for a while: the message goes to
+        # whichever consumer with the selector it picks; the live one must get it once
+        # the broker's own inactivity monitor has dropped the dead one.
+        assert inbox.wait_for(1, timeout=20) == [b"after-hb"]
+    finally:
+        proxy.close()
