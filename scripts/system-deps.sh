@@ -6,6 +6,8 @@
 #                             system service is never started or used.
 #   faketime                  clock-skew tests (THREATS S3/R8)
 #   dpkg-dev                  package-agent tests (dpkg-scanpackages for a local repo)
+#   dnf rpm createrepo-c      package-agent dnf tests (rpmbuild, a createrepo_c repo and
+#                             dnf working in a private --installroot)
 #   puppet                    puppet agent tests
 #   monitoring-plugins-basic  nrpe agent tests (check_* plugins)
 #   activemq                  ActiveMQ Classic (5.17 on Debian 12) for the connector tests of
@@ -18,7 +20,8 @@
 # service (a temporary policy-rc.d denies it while packages are configured).
 set -euo pipefail
 
-PACKAGES=(rabbitmq-server faketime dpkg-dev puppet monitoring-plugins-basic activemq)
+PACKAGES=(rabbitmq-server faketime dpkg-dev puppet monitoring-plugins-basic activemq
+          dnf rpm createrepo-c)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do

@@ -11,7 +11,11 @@ Configuration (``plugins.package`` in the daemon config):
 ``apt_update_strict``
     ``apt_update`` fails when any index could not be fetched (``--error-on=any``; default true).
 ``lock_timeout``
-    seconds apt-get waits for the dpkg lock (``DPkg::Lock::Timeout``; default 60).
+    seconds apt-get waits for the dpkg lock (``DPkg::Lock::Timeout``), and dnf retries while
+    another dnf holds its lock (default 60).
+``dnf_options``
+    list of allowed dnf long options (``--installroot=PATH``, ``--setopt=KEY=VALUE``, ...), each
+    one argv element before the verb; ``--installroot`` also makes rpm queries use ``--root``.
 ``command_timeout``
     seconds any one command may run (default: the DDL timeout minus 10).
 

@@ -1,9 +1,12 @@
 """Helpers for tests that need a real package: build tiny ``.deb`` files and a local,
-file-based apt repository that apt reads *instead of* the system's sources.
+file-based apt repository that apt reads *instead of* the system's sources; likewise tiny
+noarch ``.rpm`` files (``rpmbuild``) in a ``createrepo_c`` repository for dnf.
 
 Nothing here touches the network or ``/etc/apt/sources.list*``: :func:`local_apt_repo`
 returns ``-o`` options that point apt's source list, source parts, list state and
-cache at private directories. Every command runs as an argument list with a timeout.
+cache at private directories; :meth:`LocalRpmRepo.dnf_options` makes dnf read only the
+local repository and install into a private ``--installroot``. Every command runs as an
+argument list with a timeout.
 """
 
 from __future__ import annotations
@@ -15,7 +18,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["LocalRepo", "build_deb", "dpkg_state", "local_apt_repo", "tools_available"]
+__all__ = ["LocalRepo", "LocalRpmRepo", "build_deb", "build_rpm", "dpkg_state", "local_apt_repo",
+           "local_rpm_repo", "rpm_state", "rpm_tools_available", "tools_available"]
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9+.-]{1,62}", re.ASCII)
 _VERSION = re.compile(r"[0-9][A-Za-z0-9.+~-]{0,40}", re.ASCII)
@@ -124,3 +128,99 @@ def dpkg_state(name: str) -> tuple[str, str] | None:
         return None
     status, _, version = proc.stdout.splitlines()[0].partition("\t")
     return status, version
+
+
+# -- rpm / dnf -------------------------------------------------------------------------------
+
+_RPM_SPEC = """\
+Name: {name}
+Version: {version}
+Release: {release}
+Summary: {description}
+License: MIT
+BuildArch: noarch
+
+%description
+This package only exists for collective's tests.
+
+%install
+mkdir -p %{{buildroot}}/usr/share/{name}
+printf '%s\\n' '{name} {version}' > %{{buildroot}}/usr/share/{name}/VERSION.txt
+
+%files
+/usr/share/{name}/VERSION.txt
+"""
+
+
+def rpm_tools_available() -> str | None:
+    """None when rpmbuild, createrepo_c, dnf and rpm exist, else what is missing."""
+    missing = [t for t in ("rpmbuild", "createrepo_c", "dnf", "rpm") if shutil.which(t) is None]
+    return (f"missing on this machine: {', '.join(missing)} (apt-get install dnf rpm createrepo-c)"
+            if missing else None)
+
+
+def build_rpm(workdir: Path, name: str, version: str, *, release: str = "1",
+              description: str = "collective test package") -> Path:
+    """Build ``NAME-VERSION-RELEASE.noarch.rpm`` in ``workdir`` with ``rpmbuild -bb`` from a
+    generated spec; the package ships ``/usr/share/NAME/VERSION.txt`` only.
+
+    Everything rpmbuild writes stays under ``workdir``: a private ``_topdir``, ``_tmppath``
+    and ``_dbpath`` (rpmbuild would otherwise use /var/tmp and the invoking user's rpmdb).
+    """
+    if not _NAME.fullmatch(name) or not _VERSION.fullmatch(version) or "-" in version \
+            or not _VERSION.fullmatch(release) or "-" in release:
+        raise ValueError(f"unsafe test package name, version or release: {name!r} {version!r} {release!r}")
+    top = workdir / "rpmbuild"
+    for sub in ("SPECS", "SOURCES", "BUILD", "BUILDROOT", "RPMS", "SRPMS", "tmp", "rpmdb"):
+        (top / sub).mkdir(parents=True, exist_ok=True)
+    spec = top / "SPECS" / f"{name}-{version}-{release}.spec"
+    spec.write_text(_RPM_SPEC.format(name=name, version=version, release=release,
+                                     description=description))
+    subprocess.run(["rpmbuild", "-bb", "--quiet",
+                    "--define", f"_topdir {top}", "--define", f"_tmppath {top / 'tmp'}",
+                    "--define", f"_dbpath {top / 'rpmdb'}", str(spec)],
+                   check=True, capture_output=True, text=True, timeout=120)
+    built = top / "RPMS" / "noarch" / f"{name}-{version}-{release}.noarch.rpm"
+    out = workdir / built.name
+    shutil.copy(built, out)
+    return out
+
+
+@dataclass
+class LocalRpmRepo:
+    """A ``createrepo_c`` repository and the dnf options that make it dnf's only source."""
+
+    #: the repository directory (holds the .rpms and ``repodata/``)
+    path: Path
+    #: an empty directory passed as ``reposdir`` (no .repo file is ever read)
+    reposdir: Path
+
+    def dnf_options(self, installroot: Path, repo_id: str = "collective-test") -> list[str]:
+        """``plugins.package.dnf_options`` that install into ``installroot`` from this repo only."""
+        return [f"--installroot={installroot}", "--releasever=12", f"--setopt=reposdir={self.reposdir}",
+                "--disablerepo=*", f"--repofrompath={repo_id},{self.path}", f"--enablerepo={repo_id}",
+                "--nogpgcheck"]
+
+
+def local_rpm_repo(workdir: Path, rpms: list[Path]) -> LocalRpmRepo:
+    """Copy ``rpms`` into ``workdir/rpm-repo`` and index them with ``createrepo_c``."""
+    repo = workdir / "rpm-repo"
+    repo.mkdir(parents=True, exist_ok=True)
+    for rpm in rpms:
+        shutil.copy(rpm, repo / rpm.name)
+    subprocess.run(["createrepo_c", "--quiet", str(repo)], check=True, capture_output=True, text=True,
+                   timeout=120)
+    reposdir = workdir / "empty-reposdir"
+    reposdir.mkdir(exist_ok=True)
+    return LocalRpmRepo(repo, reposdir)
+
+
+def rpm_state(root: Path, name: str) -> list[str]:
+    """``EPOCH:VERSION-RELEASE.ARCH`` of each installed instance of ``name`` in the rpm
+    database under ``root`` (``rpm --root ROOT -q``); empty when not installed."""
+    proc = subprocess.run(["rpm", "--root", str(root), "-q", "--qf",
+                           "%{EPOCHNUM}:%{VERSION}-%{RELEASE}.%{ARCH}\n", "--", name],
+                          capture_output=True, text=True, timeout=60)
+    if proc.returncode not in (0, 1):
+        raise RuntimeError(f"rpm -q failed ({proc.returncode}): {proc.stderr.strip()}")
+    return [] if proc.returncode == 1 else proc.stdout.split()
