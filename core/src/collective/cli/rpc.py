@@ -9,8 +9,9 @@ from typing import Any
 
 import click
 
+from .app import call, finish, print_json
 from .discovery_opts import discovery_options
-from .options import Progress, common_options, fail, filter_options, guarded, make_client
+from .options import common_options, fail, filter_options, guarded, make_client
 
 
 def parse_arguments(pairs: tuple[str, ...]) -> dict[str, str]:
@@ -77,13 +78,8 @@ def rpc(agent: str, action: str, arguments: tuple[str, ...], config_path: str | 
     """
     from ..ddl import RequestError
     from .output import (
-        aggregate_text,
-        finished_line,
-        no_response_text,
         node_text,
-        result_json,
         should_show,
-        stats_block,
     )
 
     started = time.monotonic()
@@ -109,50 +105,32 @@ def rpc(agent: str, action: str, arguments: tuple[str, ...], config_path: str | 
             click.echo(f"Request sent with id: {request_id}"
                        + (f" replies to {reply_to}" if reply_to else ""))
             return
-        progress = Progress(enabled=not (no_progress or as_json or jsonl))
+        progress = not (no_progress or as_json or jsonl)
 
         def on_reply(reply: Any) -> None:
-            progress.tick()
             if jsonl and (select is None or select(reply)):
                 click.echo(json.dumps(reply.to_dict(), sort_keys=True))
 
-        result = client.rpc(
-            agent, action, data, filter=flt, nodes=discovery["nodes"], timeout=timeout,
-            discovery_timeout=discovery_timeout, discovery_method=discovery["method"],
-            discovery_options=discovery["options"],
+        result = call(
+            client, agent, action, data, flt=flt, discovery=discovery, timeout=timeout,
+            discovery_timeout=discovery_timeout, progress=progress, on_reply=on_reply,
             limit=1 if one else limit, limit_seed=limit_seed,
             batch_size=batch if batch is not None else client.config["rpc"].get("batch_size"),
             batch_sleep=batch_sleep if batch_sleep is not None else client.config["rpc"].get("batch_sleep", 1.0),
-            batch_mode=batch_mode, on_reply=on_reply,
-            on_discovered=lambda nodes: progress.start(len(nodes)))
-        progress.finish()
+            batch_mode=batch_mode)
         aggregates = client.pm.aggregates() if act.aggregates else {}
-    if result.stats.stale:
-        click.echo(f"Warning: {len(result.stats.stale)} node(s) missed their registrations and may be "
-                   f"down: {', '.join(result.stats.stale)}", err=True)
-    if result.stats.discovery_performed and not result.stats.expected:
-        click.echo("No request sent, we did not discover any nodes.", err=True)
-        sys.exit(1)
     shown = [r for r in result.replies if select is None or select(r)]
     if jsonl:
         sys.exit(result.exit_code())
     if as_json:
-        click.echo(result_json(result, shown))
-        sys.exit(result.exit_code())
+        print_json(result, shown)
     policy = display or act.display
     for reply in shown:
         if should_show(reply, policy) or (verbose and display is None):
             click.echo(node_text(reply, act.outputs, verbose) + "\n")
     if result.replies and not any(should_show(r, policy) for r in shown):
         click.echo("")
-    for agg in act.aggregates:
-        click.echo(aggregate_text(agg["function"], list(agg.get("args", [])), result.replies,
-                                  act.outputs, aggregates, agg.get("format")))
-    if verbose:
-        click.echo(stats_block(result))
-    click.echo(finished_line(result, time.monotonic() - started))
-    click.echo(no_response_text(result), nl=False)
-    sys.exit(result.exit_code())
+    finish(result, act, aggregates, started, verbose)
 
 
 def compile_reply_filter(expression: str | None) -> Any:

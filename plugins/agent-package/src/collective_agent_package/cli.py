@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from collective.cli.discovery_opts import discovery_options
-from collective.cli.options import Progress, common_options, filter_options, guarded, make_client
+from collective.cli.options import common_options, filter_options, guarded, make_client
 from collective.cli.rpc import orchestration_options
 
 __all__ = ["ACTIONS", "CHANGES", "PROMPT", "node_line", "package", "split_arguments"]
@@ -71,7 +71,7 @@ def package(first: str, second: str, version: str | None, yes: bool, config_path
     A change without any filter asks "Do you really want to operate on packages
     unfiltered? (y/n)" first, unless --yes.
     """
-    from collective.cli.output import aggregate_text, finished_line, no_response_text, result_json
+    from collective.cli.app import call, finish, print_json
 
     pkg, act_name = split_arguments(first, second)
     if version is not None and act_name != "install":
@@ -86,33 +86,20 @@ def package(first: str, second: str, version: str | None, yes: bool, config_path
     started = time.monotonic()
     with make_client(config_path, collective) as client:
         act = client.ddl("package").actions[act_name]
-        progress = Progress(enabled=not (no_progress or as_json))
-        result = client.rpc(
-            "package", act_name, data, filter=flt, nodes=discovery["nodes"], timeout=timeout,
-            discovery_timeout=discovery_timeout, discovery_method=discovery["method"],
-            discovery_options=discovery["options"], limit=1 if one else limit,
-            limit_seed=limit_seed,
+        result = call(
+            client, "package", act_name, data, flt=flt, discovery=discovery, timeout=timeout,
+            discovery_timeout=discovery_timeout, progress=not (no_progress or as_json),
+            limit=1 if one else limit, limit_seed=limit_seed,
             batch_size=batch if batch is not None else client.config["rpc"].get("batch_size"),
             batch_sleep=batch_sleep if batch_sleep is not None else client.config["rpc"].get("batch_sleep", 1.0),
-            batch_mode=batch_mode, on_reply=progress.tick,
-            on_discovered=lambda nodes: progress.start(len(nodes)))
-        progress.finish()
+            batch_mode=batch_mode)
         registry = client.pm.aggregates()
-    if result.stats.discovery_performed and not result.stats.expected:
-        click.echo("No request sent, we did not discover any nodes.", err=True)
-        sys.exit(1)
     if as_json:
-        click.echo(result_json(result))
-        sys.exit(result.exit_code())
+        print_json(result)
     for reply in sorted(result.replies, key=lambda r: r.sender):
         click.echo(node_line(reply, verbose))
     click.echo("")
-    for agg in act.aggregates:
-        click.echo(aggregate_text(agg["function"], list(agg.get("args", [])), result.replies,
-                                  act.outputs, registry, agg.get("format")))
-    click.echo(finished_line(result, time.monotonic() - started))
-    click.echo(no_response_text(result), nl=False)
-    sys.exit(result.exit_code())
+    finish(result, act, registry, started, verbose)
 
 
 def node_line(reply: Any, verbose: bool = False) -> str:

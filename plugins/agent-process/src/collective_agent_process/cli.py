@@ -13,7 +13,7 @@ from typing import Any
 import click
 
 from collective.cli.discovery_opts import discovery_options
-from collective.cli.options import Progress, common_options, filter_options, guarded, make_client
+from collective.cli.options import common_options, filter_options, guarded, make_client
 
 #: COMMAND column width without -v (the full command line with -v)
 COMMAND_CHARS = 100
@@ -63,16 +63,11 @@ def pgrep(pattern: str, just_zombies: bool, use_regex: bool, user: str | None,
     mco pgrep --regex '^/usr/sbin/(sshd|cron)' -F role=web
     mco pgrep java --user tomcat -I node-001
     """
-    import sys
     import time
 
+    from collective.cli.app import call, finish, print_json
     from collective.cli.output import (
-        aggregate_text,
-        finished_line,
-        no_response_text,
         node_text,
-        result_json,
-        stats_block,
     )
 
     started = time.monotonic()
@@ -81,20 +76,12 @@ def pgrep(pattern: str, just_zombies: bool, use_regex: bool, user: str | None,
         data["user"] = user
     with make_client(config_path, collective) as client:
         act = client.ddl("process").actions["list"]
-        progress = Progress(enabled=not (no_progress or as_json))
-        result = client.rpc("process", "list", data, filter=flt, nodes=discovery["nodes"],
-                            timeout=timeout, discovery_timeout=discovery_timeout,
-                            discovery_method=discovery["method"],
-                            discovery_options=discovery["options"], on_reply=progress.tick,
-                            on_discovered=lambda nodes: progress.start(len(nodes)))
-        progress.finish()
+        result = call(client, "process", "list", data, flt=flt, discovery=discovery,
+                      timeout=timeout, discovery_timeout=discovery_timeout,
+                      progress=not (no_progress or as_json))
         aggregates = client.pm.aggregates()
-    if result.stats.discovery_performed and not result.stats.expected:
-        click.echo("No request sent, we did not discover any nodes.", err=True)
-        sys.exit(1)
     if as_json:
-        click.echo(result_json(result))
-        sys.exit(result.exit_code())
+        print_json(result)
     for reply in sorted(result.replies, key=lambda r: r.sender):
         if not reply.ok:
             click.echo(node_text(reply, act.outputs, verbose) + "\n")
@@ -105,11 +92,4 @@ def pgrep(pattern: str, just_zombies: bool, use_regex: bool, user: str | None,
         click.echo(reply.sender)
         click.echo("\n".join(process_table(pslist, verbose)) if pslist else "   No matching processes")
         click.echo("")
-    for agg in act.aggregates:
-        click.echo(aggregate_text(agg["function"], list(agg.get("args", [])), result.replies,
-                                  act.outputs, aggregates, agg.get("format")))
-    if verbose:
-        click.echo(stats_block(result))
-    click.echo(finished_line(result, time.monotonic() - started))
-    click.echo(no_response_text(result), nl=False)
-    sys.exit(result.exit_code())
+    finish(result, act, aggregates, started, verbose)

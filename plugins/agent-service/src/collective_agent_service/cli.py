@@ -9,14 +9,13 @@ one of ``mco rpc``. Only click is imported at module level.
 
 from __future__ import annotations
 
-import sys
 import time
 from typing import Any
 
 import click
 
 from collective.cli.discovery_opts import discovery_options
-from collective.cli.options import Progress, common_options, filter_options, guarded, make_client
+from collective.cli.options import common_options, filter_options, guarded, make_client
 
 ACTIONS = ("status", "start", "stop", "restart", "enable", "disable")
 
@@ -60,44 +59,22 @@ def service(first: str, second: str, config_path: str | None, flt: Any, collecti
     mco service nginx restart -F role=web
     mco service restart nginx -I node-001
     """
-    from collective.cli.output import (
-        aggregate_text,
-        finished_line,
-        no_response_text,
-        result_json,
-        stats_block,
-    )
+    from collective.cli.app import call, finish, print_json
 
     name, action = order(first, second)
     started = time.monotonic()
     with make_client(config_path, collective) as client:
         act = client.ddl("service").actions[action]
-        progress = Progress(enabled=not (no_progress or as_json))
-        result = client.rpc(
-            "service", action, {"service": name}, filter=flt, nodes=discovery["nodes"],
-            timeout=timeout, discovery_timeout=discovery_timeout,
-            discovery_method=discovery["method"], discovery_options=discovery["options"],
-            on_reply=lambda _reply: progress.tick(),
-            on_discovered=lambda nodes: progress.start(len(nodes)))
-        progress.finish()
+        result = call(client, "service", action, {"service": name}, flt=flt, discovery=discovery,
+                      timeout=timeout, discovery_timeout=discovery_timeout,
+                      progress=not (no_progress or as_json))
         aggregates = client.pm.aggregates()
-    if result.stats.discovery_performed and not result.stats.expected:
-        click.echo("No request sent, we did not discover any nodes.", err=True)
-        sys.exit(1)
     if as_json:
-        click.echo(result_json(result))
-        sys.exit(result.exit_code())
+        print_json(result)
     output = "enabled" if action in ("enable", "disable") else "status"
     replies = sorted(result.replies, key=lambda r: r.sender)
     width = max((len(r.sender) for r in replies), default=0) + 3
     for reply in replies:
         click.echo(node_line(reply, output, width))
     click.echo("")
-    for agg in act.aggregates:
-        click.echo(aggregate_text(agg["function"], list(agg.get("args", [])), result.replies,
-                                  act.outputs, aggregates, agg.get("format")))
-    if verbose:
-        click.echo(stats_block(result))
-    click.echo(finished_line(result, time.monotonic() - started))
-    click.echo(no_response_text(result), nl=False)
-    sys.exit(result.exit_code())
+    finish(result, act, aggregates, started, verbose)
