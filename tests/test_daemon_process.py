@@ -24,7 +24,7 @@ from collective.connectors.stomp import ConnectorError, StompConnector
 from collective.plugins import get_plugin_manager
 from collective.security.keys import generate_keypair
 from collective.server.daemon import Daemon
-from collective.testing.rabbitmq import free_port
+from collective.testing.processes import free_port
 
 
 def make_keys(tmp: Path, nodes: list[str]) -> tuple[Path, Path]:

@@ -3,7 +3,6 @@ injected clock, persistence, and the collector's checks (without a broker)."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import stat
@@ -16,9 +15,6 @@ from collective.inventory import Collector, Inventory, InventoryError, data_func
 from collective.message import RegistrationMessage, encode_wire
 from collective.security.base import DOMAINS
 from collective.security.keys import generate_keypair, key_id, load_private_key
-
-HAS_COMPOUND = importlib.util.find_spec("collective.compound") is not None
-needs_compound = pytest.mark.skipif(not HAS_COMPOUND, reason="collective.compound not there yet")
 
 
 class Clock:
@@ -185,7 +181,6 @@ def test_data_functions_empty_without_compound():
     assert data_functions(Filter()) == set()
 
 
-@needs_compound
 @pytest.mark.parametrize(("expr", "expected"), [
     ("role=db and not location=us", ["db-1"]),
     ("role=web or mysql::server", ["db-1", "web-1", "web-2"]),
@@ -198,13 +193,11 @@ def test_compound_without_functions(inv, expr, expected):
     assert inv.match(Filter(compound=[expr])) == (expected, [])
 
 
-@needs_compound
 def test_compound_is_and_ed_with_the_rest(inv):
     assert inv.match(Filter(compound=["role=db"], identity=["/-2$/"])) == (["db-2"], [])
     assert inv.match(Filter(compound=["role=db", "location=uk"])) == (["db-1"], [])
 
 
-@needs_compound
 @pytest.mark.parametrize("expr", ['fstat("/etc/hosts").size>0', "role=web and puppet().enabled=true",
                                   "not sysctl('vm.swappiness')"])
 def test_compound_with_data_functions_is_a_clear_error(inv, expr):
@@ -214,7 +207,6 @@ def test_compound_with_data_functions_is_a_clear_error(inv, expr):
     assert data_functions(Filter(compound=[expr]))
 
 
-@needs_compound
 def test_compound_syntax_error(inv):
     from collective.filters import FilterError
 

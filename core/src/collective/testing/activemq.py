@@ -26,7 +26,6 @@ import logging
 import os
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
-from .rabbitmq import free_port
+from .processes import free_port, kill_group, port_open
 
 log = logging.getLogger(__name__)
 
@@ -281,7 +280,7 @@ class ActiveMQServer:
                 raise ActiveMQError(
                     f"ActiveMQ exited with {self._proc.returncode} during start-up; "
                     f"last output:\n{self.log_tail()}")
-            if _port_open(self.stomp_port):
+            if port_open(self.stomp_port):
                 why = _stomp_login(self.stomp_port, self.user, self.password)
                 if why is None:
                     return
@@ -314,7 +313,7 @@ class ActiveMQServer:
         """SIGTERM the JVM's process group (a clean broker shutdown), SIGKILL if needed."""
         proc, self._proc = self._proc, None
         if proc is not None:
-            _kill_group(proc)
+            kill_group(proc, term_wait=15.0)
         if self._server_log is not None:
             self._server_log.close()
             self._server_log = None
@@ -334,33 +333,3 @@ class ActiveMQServer:
 
     def __repr__(self) -> str:
         return f"ActiveMQServer(stomp=127.0.0.1:{self.stomp_port}, running={self.running})"
-
-
-def _port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM then SIGKILL the process group *we* created for ``proc`` (start_new_session)."""
-    pgid = proc.pid  # start_new_session=True: the JVM leads its own group
-    for sig, wait in ((signal.SIGTERM, 15.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            break
-    try:
-        proc.wait(timeout=1)
-    except subprocess.TimeoutExpired:
-        log.warning("process %d did not exit", proc.pid)

@@ -24,13 +24,13 @@ import logging
 import os
 import secrets
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from .processes import free_port, kill_group, port_open
 
 log = logging.getLogger(__name__)
 
@@ -60,19 +60,6 @@ def rabbitmq_available() -> str | None:
     return None
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free on ``host`` a moment ago."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def _port_open(port: int, host: str = "127.0.0.1", timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 class RabbitMQError(RuntimeError):
@@ -206,7 +193,7 @@ class RabbitMQServer:
             stderr=subprocess.DEVNULL, start_new_session=True,
         )
         deadline = time.monotonic() + 10
-        while not _port_open(self.epmd_port):
+        while not port_open(self.epmd_port):
             if self._epmd.poll() is not None or time.monotonic() > deadline:
                 raise RabbitMQError(f"private epmd on 127.0.0.1:{self.epmd_port} did not start")
             time.sleep(0.02)
@@ -228,7 +215,7 @@ class RabbitMQServer:
                 raise RabbitMQError(
                     f"rabbitmq-server exited with {self._proc.returncode} during start-up; "
                     f"last output:\n{self.log_tail()}")
-            if _port_open(self.stomp_port):
+            if port_open(self.stomp_port):
                 return
             if time.monotonic() > deadline:
                 raise RabbitMQError(
@@ -297,10 +284,10 @@ class RabbitMQServer:
                     proc.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     pass
-            _kill_group(proc)
+            kill_group(proc)
         epmd, self._epmd = self._epmd, None
         if epmd is not None:
-            _kill_group(epmd)
+            kill_group(epmd)
         if self._server_log is not None:
             self._server_log.close()
             self._server_log = None
@@ -321,26 +308,3 @@ class RabbitMQServer:
     def __repr__(self) -> str:
         return (f"RabbitMQServer(node={self.nodename!r}, stomp=127.0.0.1:{self.stomp_port}, "
                 f"running={self.running})")
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGTERM then SIGKILL the process group *we* created for ``proc`` (start_new_session)."""
-    pgid = proc.pid  # start_new_session=True: the child leads its own group
-    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-        try:
-            os.killpg(pgid, sig)
-        except ProcessLookupError:
-            break
-        try:
-            proc.wait(timeout=wait)
-        except subprocess.TimeoutExpired:
-            continue
-        # the leader is gone; make sure no member of its group lingers
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            break
-    try:
-        proc.wait(timeout=1)
-    except subprocess.TimeoutExpired:
-        log.warning("process %d did not exit", proc.pid)
