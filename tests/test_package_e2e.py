@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -26,25 +24,16 @@ TEST_PKG = "collective-test-pkg"
 
 def _problem() -> str | None:
     try:
-        from collective_agent_package.testing import tools_available
+        from collective_agent_package.testing import real_apt_problem
     except ImportError:
         return "collective-agent-package is not installed (pip install -e plugins/agent-package)"
-    if shutil.which("dpkg") is None:
-        return "not a dpkg-based system"
-    if os.geteuid() != 0:
-        return "installing packages needs root"
-    return tools_available()
+    return real_apt_problem()
 
 
-def purge(wait: float = 180.0) -> None:
-    """dpkg --purge the test package, retried while someone else holds the dpkg lock."""
-    deadline = time.monotonic() + wait
-    while True:
-        proc = subprocess.run(["dpkg", "--purge", "--", TEST_PKG], capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        if "lock" not in proc.stderr or time.monotonic() > deadline:
-            return
-        time.sleep(1)
+def purge() -> None:
+    from collective_agent_package.testing import purge_test_package
+
+    purge_test_package(TEST_PKG)
 
 
 def dpkg_state():

@@ -4,43 +4,21 @@ repository with ``collective-test-pkg`` 1.0 and 1.1 (purged before and after eac
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 import collective_agent_package.plugin as package_plugin
 from collective.testing import require
-from collective_agent_package.testing import build_deb, local_apt_repo, tools_available
+from collective_agent_package.testing import (
+    build_deb,
+    local_apt_repo,
+    purge_test_package,
+    real_apt_problem,
+)
 
 TEST_PKG = "collective-test-pkg"
-
-
-def real_apt_problem() -> str | None:
-    """Why the real apt/dpkg tests cannot run here, or None."""
-    if shutil.which("dpkg") is None:
-        return "not a dpkg-based system"
-    if os.geteuid() != 0:
-        return "installing packages needs root"
-    return tools_available()
-
-
-def purge_test_package(wait: float = 180.0) -> None:
-    """``dpkg --purge collective-test-pkg``, retried while another process holds the dpkg
-    lock (other test suites install packages on this machine too)."""
-    if shutil.which("dpkg") is None or os.geteuid() != 0:
-        return
-    deadline = time.monotonic() + wait
-    while True:
-        proc = subprocess.run(["dpkg", "--purge", "--", TEST_PKG], capture_output=True, text=True,
-                              timeout=120, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
-        if "lock" not in proc.stderr or time.monotonic() > deadline:
-            return
-        time.sleep(1)
 
 
 @pytest.fixture(scope="session")

@@ -12,9 +12,11 @@ argument list with a timeout.
 from __future__ import annotations
 
 import gzip
+import os
 import re
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,6 +32,29 @@ def tools_available() -> str | None:
     missing = [t for t in ("dpkg-deb", "dpkg-scanpackages", "apt-get", "dpkg-query", "dpkg")
                if shutil.which(t) is None]
     return f"missing on this machine: {', '.join(missing)} (apt-get install dpkg-dev)" if missing else None
+
+
+def real_apt_problem() -> str | None:
+    """Why real apt/dpkg tests cannot run here, or None."""
+    if shutil.which("dpkg") is None:
+        return "not a dpkg-based system"
+    if os.geteuid() != 0:
+        return "installing packages needs root"
+    return tools_available()
+
+
+def purge_test_package(name: str = "collective-test-pkg", wait: float = 180.0) -> None:
+    """``dpkg --purge NAME``, retried while another process holds the dpkg lock
+    (other test suites install packages on this machine too)."""
+    if shutil.which("dpkg") is None or os.geteuid() != 0:
+        return
+    deadline = time.monotonic() + wait
+    while True:
+        proc = subprocess.run(["dpkg", "--purge", "--", name], capture_output=True, text=True,
+                              timeout=120, env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        if "lock" not in proc.stderr or time.monotonic() > deadline:
+            return
+        time.sleep(1)
 
 
 def build_deb(workdir: Path, name: str, version: str, *, description: str = "collective test package",
