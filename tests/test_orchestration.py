@@ -255,3 +255,25 @@ def test_progress_bar_only_on_a_terminal(fleet):
     assert proc.returncode == 0
     assert "* [" in drawn and "] 4 / 4" in drawn
     assert "* [" not in stdout
+
+
+def test_per_node_config_and_a_broadcast_that_ends_at_the_first_wanted_reply(collective_fleet,
+                                                                             tmp_path):
+    from collective.client import Client
+    from collective.config import load_config
+
+    fleet = collective_fleet(nodes=2, server_config_for=lambda index, identity: {
+        "plugins": {"canary": {"log": str(tmp_path / f"{identity}.log")}}})
+    with Client(load_config(fleet.client_config)) as client:
+        data = client.validate("canary", "run", {"marker": "until"})
+        started = time.monotonic()
+        result = client.request("canary", "run", data, timeout=30, until=lambda reply: reply.ok)
+        elapsed = time.monotonic() - started
+    assert len(result.replies) == 1 and result.replies[0].ok
+    assert elapsed < 10, "collection went on after the reply that was asked for"
+    deadline = time.monotonic() + 10
+    logs = {node: tmp_path / f"{node}.log" for node in ("node-001", "node-002")}
+    while not all(path.exists() for path in logs.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for node, path in logs.items():  # each node wrote to its own file only
+        assert [line.split()[2] for line in path.read_text().splitlines()] == [node]

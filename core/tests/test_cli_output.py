@@ -77,3 +77,28 @@ def test_summary_skips_null_values():
     assert "amd64 = 1" in text and " = 2" not in text
     all_null = aggregate_text("summary", ["value"], [reply("a", value=None)], OUTPUTS)
     assert "No aggregate summary could be computed" in all_null
+
+
+def test_an_aggregate_may_count_failed_replies_in_its_own_order_and_format():
+    from collective.aggregates import Aggregate, AggregateResult
+
+    def states(values, args):
+        counts = {"OK": 0, "WARNING": 0, "CRITICAL": 0}
+        for value in values:
+            counts[("OK", "WARNING", "CRITICAL")[value]] += 1
+        return AggregateResult("collection", counts, format="%10s : %s", ordered=True)
+
+    registry = {"states": Aggregate("states", states, failed_replies=True),
+                "ok_only": Aggregate("ok_only", states)}
+    replies = [reply("a", value=0), reply("b", 1, value=2), reply("c", 1, value=2), reply("d", 1)]
+    text = aggregate_text("states", ["value"], replies, OUTPUTS, registry)
+    assert text.splitlines()[2:] == ["           OK : 1", "      WARNING : 0", "     CRITICAL : 2"]
+    ok_only = aggregate_text("ok_only", ["value"], replies, OUTPUTS, registry)
+    assert "CRITICAL : 0" in ok_only and "OK : 1" in ok_only
+
+
+def test_a_collection_format_that_does_not_fit_falls_back_to_the_default_line():
+    from collective.aggregates import AggregateResult, render
+
+    text = render("Value", AggregateResult("collection", {"web": 2}, format="%d%d%d"))
+    assert "   web = 2" in text

@@ -1,9 +1,10 @@
 """DDL aggregate functions: ``summary``, ``average``, ``sum``, ``boolean_summary``.
 
 A DDL action lists ``"aggregate": [{"function": "summary", "args": ["status"]}]``;
-the client collects that output from every OK reply and prints a
-``Summary of <display_as>:`` block. Plugins add functions through the
-``collective_aggregates`` hook (e.g. nrpe's ``nagios_states``).
+the client collects that output from every OK reply (every reply that carries it,
+for functions with ``failed_replies=True``) and prints a ``Summary of <display_as>:``
+block. Plugins add functions through the ``collective_aggregates`` hook (e.g. nrpe's
+``nagios_states``).
 """
 
 from __future__ import annotations
@@ -22,8 +23,12 @@ class AggregateResult:
     value: Any
     #: numeric results: the word before "of <title>" in the default format
     label: str = "Value"
-    #: printf-style format for numeric results (the DDL's ``format`` overrides it)
+    #: printf-style format (the DDL's ``format`` overrides it): of the number for
+    #: numeric results, of each ``(value, count)`` line for collections (``"%10s : %s"``)
     format: str | None = None
+    #: collections: keep the function's key order (e.g. OK, WARNING, CRITICAL, UNKNOWN)
+    #: instead of sorting by count
+    ordered: bool = False
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,10 @@ class Aggregate:
     #: ``compute(values, args)``; ``args`` are the DDL arguments after the output name
     compute: Callable[[list[Any], list[Any]], AggregateResult]
     description: str = ""
+    #: also take the output from replies whose status is not 0 (MCollective feeds every
+    #: reply to an aggregate; nrpe's ``nagios_states`` counts WARNING and CRITICAL nodes,
+    #: whose replies are status 1)
+    failed_replies: bool = False
 
 
 def _text(value: Any) -> str:
@@ -95,11 +104,22 @@ def render(title: str, result: AggregateResult | None, error: str | None = None)
     if result.kind == "collection":
         counts: dict[str, int] = result.value
         width = max(len(k) for k in counts)
-        ordered = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
-        return head + "".join(f"   {k:>{width}} = {n}\n" for k, n in ordered)
+        items = list(counts.items()) if result.ordered else sorted(
+            counts.items(), key=lambda kv: (-kv[1], kv[0]))
+        return head + "".join(f"   {_collection_line(result.format, k, n, width)}\n"
+                              for k, n in items)
     fmt = result.format or f"{result.label} of {title}: %f"
     try:
         line = fmt % result.value
     except (TypeError, ValueError):
         line = f"{result.value}"
     return head + f"   {line}\n"
+
+
+def _collection_line(fmt: str | None, key: str, count: int, width: int) -> str:
+    if fmt:
+        try:
+            return fmt % (key, count)
+        except (TypeError, ValueError):
+            pass
+    return f"{key:>{width}} = {count}"

@@ -168,12 +168,16 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
              timeout: float = 120.0, collectives: list[str] | None = None,
              extra_server_config: dict[str, Any] | None = None,
              facts_for: Callable[[int, str], dict[str, Any]] | None = None,
-             clients: Sequence[str] | None = None) -> Fleet:
+             clients: Sequence[str] | None = None,
+             server_config_for: Callable[[int, str], dict[str, Any]] | None = None) -> Fleet:
     """Start a fleet in ``directory`` and return once all ``nodes`` answer.
 
     :param extra_server_config: top-level sections merged into every node's config
         (a mapping value is merged one level deep into the section of that name).
     :param facts_for: ``(index, identity) -> facts`` laid over the sample facts of a node.
+    :param server_config_for: ``(index, identity) -> sections`` merged into that node's
+        config after ``extra_server_config``, the same way (e.g. a per-node
+        ``plugins.nrpe.conf_dir``).
     :param clients: client key names (default ``["admin"]``); each gets a key pair
         trusted by the nodes (caller id ``cert=NAME``) and a config file: the first
         ``client.yaml``, the others ``client-NAME.yaml``.
@@ -252,11 +256,9 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
                 "logging": {"level": "INFO", "file": "collectived.log"},
                 "server": {"pidfile": "collectived.pid"},
             }
-            for key, value in (extra_server_config or {}).items():
-                if isinstance(value, dict) and isinstance(config.get(key), dict):
-                    config[key] = {**config[key], **value}
-                else:
-                    config[key] = value
+            _merge_sections(config, extra_server_config or {})
+            if server_config_for is not None:
+                _merge_sections(config, server_config_for(index, identity))
             _write_yaml(node_dir / "server.yaml", config)
             fleet.pids[identity] = _spawn(
                 [sys.executable, "-m", "collective.server.main", "-c", str(node_dir / "server.yaml")],
@@ -267,6 +269,15 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
         fleet_down(directory, quiet=True)
         raise
     return fleet
+
+
+def _merge_sections(config: dict[str, Any], extra: dict[str, Any]) -> None:
+    """Merge top-level sections; a mapping is merged one level deep into a mapping."""
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(config.get(key), dict):
+            config[key] = {**config[key], **value}
+        else:
+            config[key] = value
 
 
 def wait_for_nodes(fleet: Fleet, timeout: float) -> None:

@@ -64,15 +64,16 @@ def print_json(result: Result, replies: list[Any] | None = None) -> None:
 
 
 def finish(result: Result, act: Any, aggregates: dict[str, Any], started: float,
-           verbose: bool = False) -> None:
-    """Summaries, ``-v`` stats, ``Finished processing``, ``No response from``; then exit."""
+           verbose: bool = False, caption: str = "rpc stats") -> None:
+    """Summaries, ``-v`` stats (headed ``---- CAPTION ----``), ``Finished processing``,
+    ``No response from``; then exit."""
     from .output import aggregate_text, finished_line, no_response_text, stats_block
 
     for agg in act.aggregates:
         click.echo(aggregate_text(agg["function"], list(agg.get("args", [])), result.replies,
                                   act.outputs, aggregates, agg.get("format")))
     if verbose:
-        click.echo(stats_block(result))
+        click.echo(stats_block(result, caption))
     click.echo(finished_line(result, time.monotonic() - started))
     click.echo(no_response_text(result), nl=False)
     sys.exit(result.exit_code())

@@ -53,13 +53,14 @@ def aggregate_text(function: str, args: list[Any], replies: list[NodeReply],
     functions = registry if registry is not None else {a.name: a for a in BUILTIN_AGGREGATES}
     output = str(args[0]) if args else ""
     title = outputs.get(output, {}).get("display_as", output)
-    ok_replies = [r for r in replies if r.ok and output in r.data]
     if function not in functions:
         return render(title, None, f"unknown aggregate function {function!r}")
-    if not ok_replies:
+    every = bool(getattr(functions[function], "failed_replies", False))
+    chosen = [r for r in replies if (every or r.ok) and output in r.data]
+    if not chosen:
         return render(title, None)
     try:
-        result = functions[function].compute([r.data[output] for r in ok_replies], list(args[1:]))
+        result = functions[function].compute([r.data[output] for r in chosen], list(args[1:]))
     except Exception as exc:  # a plugin's aggregate must not take the output down
         return render(title, None, f"exception raised while processing {function}: {exc}")
     if fmt:
@@ -80,11 +81,12 @@ def no_response_text(result: Result) -> str:
     return "\nNo response from:\n\n" + "".join(f"    {node}\n" for node in missing)
 
 
-def stats_block(result: Result) -> str:
+def stats_block(result: Result, caption: str = "rpc stats") -> str:
+    """The ``-v`` block: nodes, pass/fail and times, headed ``---- CAPTION ----``."""
     s = result.stats
     ok, failed = len(result.ok), len(result.failed)
     return (
-        "---- rpc stats ----\n"
+        f"---- {caption} ----\n"
         f"           Nodes: {len(s.expected)} / {len(result.replies)}\n"
         f"     Pass / Fail: {ok} / {failed}\n"
         f"      Start Time: {time.strftime('%Y-%m-%d %H:%M:%S %z', time.localtime(s.start_time))}\n"

@@ -174,13 +174,19 @@ class Client:
                 filter: Filter | None = None, targets: Iterable[str] | None = None,
                 timeout: float, expected: Iterable[str] | None = None,
                 on_reply: Callable[[NodeReply], None] | None = None,
-                quiet_window: float | None = None) -> Result:
+                quiet_window: float | None = None,
+                until: Callable[[NodeReply], bool] | None = None) -> Result:
         """Publish one signed request and collect replies.
 
         With ``targets`` the request goes to each node's directed queue and
         collection ends as soon as every target replied. Without, it is
         broadcast with ``filter`` and collection runs until ``timeout`` (or until
-        ``quiet_window`` seconds pass with no new reply).
+        ``quiet_window`` seconds pass with no new reply). ``data`` is sent as it
+        is: :meth:`validate` it first.
+
+        :param until: collection also ends right after a reply for which
+            ``until(reply)`` is true (``mco xen find`` stops at the host that has
+            the domain).
         """
         self.connect()
         flt = filter or Filter()
@@ -193,7 +199,7 @@ class Client:
             pending.sent_at = time.monotonic()
             self._publish(agent, wire, target_list)
             replies = self._collect(pending, stats, timeout, target_list is not None or bool(expected),
-                                    on_reply, quiet_window)
+                                    on_reply, quiet_window, until)
         finally:
             self._untrack(message.id)
         stats.forged_replies = pending.forged
@@ -211,7 +217,7 @@ class Client:
         """
         from ..connectors.destinations import parse_logical
 
-        data = self._validate(agent, action, data)
+        data = self.validate(agent, action, data)
         flt = filter or Filter()
         if reply_to is not None:
             dest = parse_logical(reply_to)
@@ -240,7 +246,8 @@ class Client:
 
     def _collect(self, pending: _Pending, stats: CallStats, timeout: float, know_expected: bool,
                  on_reply: Callable[[NodeReply], None] | None,
-                 quiet_window: float | None) -> list[NodeReply]:
+                 quiet_window: float | None,
+                 until: Callable[[NodeReply], bool] | None = None) -> list[NodeReply]:
         deadline = time.monotonic() + timeout
         expected = set(stats.expected)
         seen: dict[str, NodeReply] = {}
@@ -267,6 +274,8 @@ class Client:
                 stats.unexpected.append(reply.sender)
             if on_reply is not None:
                 on_reply(reply)
+            if until is not None and until(reply):
+                break
         stats.responded = sorted(seen)
         return sorted(seen.values(), key=lambda r: r.sender)
 
@@ -296,8 +305,11 @@ class Client:
             return sorted(set(flt.identity))
         return [reply.sender for reply in self.ping(flt, timeout) if reply.ok]
 
-    def _validate(self, agent: str, action: str, data: dict[str, Any] | None) -> dict[str, Any]:
-        """Check ``data`` against the DDL (defaults filled) before anything is sent."""
+    def validate(self, agent: str, action: str, data: dict[str, Any] | None) -> dict[str, Any]:
+        """``data`` checked against the DDL, defaults filled, before anything is sent.
+
+        :raises ClientError: unknown agent or action, or invalid data
+        """
         from ..ddl import RequestError
 
         ddl = self.ddl(agent)
@@ -336,7 +348,8 @@ class Client:
             batch_mode: str = "fixed",
             on_reply: Callable[[NodeReply], None] | None = None,
             on_discovered: Callable[[list[str]], None] | None = None,
-            on_batch: Callable[[int, list[str]], None] | None = None) -> Result:
+            on_batch: Callable[[int, list[str]], None] | None = None,
+            until: Callable[[NodeReply], bool] | None = None) -> Result:
         """Validate against the DDL, discover (unless addressed directly), call, collect.
 
         :param nodes: identities to address directly: no discovery, and collection
@@ -348,9 +361,11 @@ class Client:
         :param batch_size: ``N`` or ``"N%"``: in ``fixed`` mode send to groups of N
             with ``batch_sleep`` seconds between groups (MCollective); in ``window``
             mode keep N nodes busy, starting the next as soon as one answers (Salt).
+        :param until: stop collecting right after a reply for which ``until(reply)``
+            is true (not with batches).
         :raises ClientError: on invalid input (nothing is sent).
         """
-        data = self._validate(agent, action, data)
+        data = self.validate(agent, action, data)
         flt = filter or Filter()
         started = time.time()
         t0 = time.monotonic()
@@ -381,7 +396,7 @@ class Client:
                     time.sleep(batch_sleep)
         else:
             result = self.request(agent, action, data, filter=flt, targets=targets, timeout=wait,
-                                  on_reply=on_reply)
+                                  on_reply=on_reply, until=until)
         result.stats.start_time = started
         result.stats.discovery_performed = discovery_performed
         result.stats.discovery_time = discovery_time
