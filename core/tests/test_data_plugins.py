@@ -378,3 +378,16 @@ def test_fstat_never_hashes_etc_shadow():
         pytest.skip("/etc/shadow is world-readable on this machine")
     result = fstat("/etc/shadow")
     assert result["present"] is True and result["md5"] is None
+
+
+def test_a_data_plugin_reads_its_agent_settings_from_the_node_config():
+    from collective.config import Config
+    from collective.data import DataPlugin
+    from collective.server.dispatch import StaticNode
+
+    config = Config({"identity": "n1", "plugins": {"nrpe": {"data_timeout": 3}}}, kind="server",
+                    env={})
+    node = StaticNode("n1", config)
+    assert DataPlugin.settings(node, "nrpe") == {"data_timeout": 3}
+    assert DataPlugin.settings(node, "other") == {}
+    assert DataPlugin.settings(object(), "nrpe") == {}

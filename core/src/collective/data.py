@@ -87,6 +87,15 @@ class DataPlugin:
         :class:`~collective.server.dispatch.NodeContext`); return every output."""
         raise NotImplementedError
 
+    @staticmethod
+    def settings(node: Any, plugin: str) -> dict[str, Any]:
+        """``plugins.PLUGIN`` of the node's config (``{}`` when the node has none), e.g.
+        the agent's settings that its data plugin shares."""
+        config = getattr(node, "config", None)
+        if config is None or not hasattr(config, "plugin"):
+            return {}
+        return dict(config.plugin(plugin))
+
 
 class DataResult(dict):  # type: ignore[type-arg]
     """A plugin's outputs, plus the name of its default output for the evaluator."""
@@ -217,9 +226,7 @@ class FstatData(DataPlugin):
 
     @staticmethod
     def roots(node: Any) -> list[str]:
-        config = getattr(node, "config", None)
-        section = config.plugin("fstat") if config is not None and hasattr(config, "plugin") else {}
-        roots = section.get("roots", ["/"])
+        roots = DataPlugin.settings(node, "fstat").get("roots", ["/"])
         if isinstance(roots, str):
             roots = [roots]
         return [os.path.normpath(r) for r in roots if isinstance(r, str) and r.startswith("/")]

@@ -37,8 +37,7 @@ class ServiceData(DataPlugin):
 
     def query(self, argument: str | None, node: Any) -> dict[str, Any]:
         service = check_name(argument)
-        config = getattr(node, "config", None)
-        settings = config.plugin("service") if config is not None and hasattr(config, "plugin") else {}
+        settings = self.settings(node, "service")
         try:
             provider = provider_for(settings, QUERY_TIMEOUT)
             provider.check(service)
