@@ -163,3 +163,22 @@ def test_a_held_lock_is_a_clear_aborted_reply(apt_node, pkg_repo):
     assert "could not get the apt/dpkg lock" in reply.statusmsg
     assert "Could not get lock" in reply.statusmsg
     assert call(apt_node, "apt_update").statuscode == 0
+
+
+def test_the_package_data_plugin_reads_the_real_dpkg_database(apt_node):
+    from collective.data import DataResolver
+    from collective_agent_package.data import PackageData
+
+    def lookup(name):
+        return DataResolver({"package": PackageData()}, apt_node.node)("package", name)
+
+    assert lookup(TEST_PKG) == {"installed": False, "status": "purged", "version": None,
+                                "arch": None}
+    assert call(apt_node, "install", package=TEST_PKG, version="1.0").statuscode == 0
+    assert lookup(TEST_PKG) == {"installed": True, "status": "1.0", "version": "1.0",
+                                "arch": "all"}
+    assert lookup(TEST_PKG).default_output == "status"
+    assert call(apt_node, "uninstall", package=TEST_PKG).statuscode == 0
+    assert lookup(TEST_PKG)["installed"] is False and lookup(TEST_PKG)["status"] == "absent"
+    for bad in ("-h", "vim; id", "$(id)", "a b"):
+        assert lookup(bad) is None  # refused, so an expression using it does not match

@@ -30,3 +30,10 @@ def collective_cli_commands(cli: Any) -> None:
     from .cli import package  # click only; the client is imported inside the command
 
     cli.add_command(package)
+
+
+@hookimpl
+def collective_data_plugins() -> Iterable[Any]:
+    from .data import PackageData
+
+    return [PackageData]
