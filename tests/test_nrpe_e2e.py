@@ -193,3 +193,39 @@ def test_plugin_doc_renders():
     assert proc.returncode == 0, proc.stderr
     assert "   runcommand action:" in proc.stdout and "   runallcommands action:" in proc.stdout
     assert "Format: nrpe_arguments" in proc.stdout and "Display As: Exit Code" in proc.stdout
+
+
+def test_mco_fleet_up_with_a_server_config_for_the_agents(tmp_path):
+    """The way README's fleet gets its agents configured: one YAML, {identity} per node."""
+    require(importlib.util.find_spec("collective_agent_nrpe") is not None,
+            "collective-agent-nrpe is not installed (make install)")
+    from collective_agent_nrpe.testing import missing_plugins, plugin, write_nrpe_cfg
+
+    require(missing_plugins() is None, f"nrpe end-to-end tests: {missing_plugins()}")
+    for identity, code in (("node-001", 0), ("node-002", 2)):
+        write_nrpe_cfg(tmp_path / "nrpe" / identity / "checks.cfg",
+                       {"check_state": f"{plugin('check_dummy')} {code} {identity}"})
+    agents = tmp_path / "agents.yaml"
+    agents.write_text(f"plugins:\n  nrpe:\n    conf_file: []\n"
+                      f"    conf_dir: {tmp_path}/nrpe/{{identity}}\n")
+    directory = tmp_path / "fleet"
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "collective", *args], capture_output=True,
+                              text=True, timeout=120)
+
+    up = run("fleet", "up", "--nodes", "2", "--dir", str(directory), "--server-config", str(agents))
+    assert up.returncode == 0, up.stdout + up.stderr
+    try:
+        checked = run("nrpe", "check_state", "-I", "node-001", "-I", "node-002",
+                      "-c", str(directory / "client.yaml"))
+        assert checked.returncode == 2, checked.stdout + checked.stderr
+        assert shown_nodes(checked.stdout) == [("node-002", "CRITICAL")]
+        assert "    CRITICAL: node-002" in checked.stdout
+    finally:
+        down = run("fleet", "down", "--dir", str(directory))
+    assert down.returncode == 0 and "stopped 3 process(es)" in down.stdout
+    bad = run("fleet", "up", "--dir", str(tmp_path / "other"), "--server-config",
+              str(tmp_path / "absent.yaml"))
+    assert bad.returncode != 0 and "absent.yaml" in bad.stderr
+    assert not (tmp_path / "other" / "fleet.json").exists()

@@ -271,6 +271,40 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
     return fleet
 
 
+def load_server_config(path: Path) -> dict[str, Any]:
+    """The sections of a ``mco fleet up --server-config`` file (a YAML mapping).
+
+    :raises FleetError: unreadable, not YAML, or not a mapping of sections
+    """
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise FleetError(f"--server-config {path}: {exc.strerror or exc}") from None
+    except yaml.YAMLError as exc:
+        raise FleetError(f"--server-config {path}: not valid YAML: "
+                         f"{str(exc).splitlines()[0]}") from None
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise FleetError(f"--server-config {path}: expected a mapping of config sections, "
+                         f"such as plugins: {{nrpe: {{conf_dir: /etc/nagios/nrpe.d}}}}")
+    return data
+
+
+def per_identity(sections: dict[str, Any]) -> Callable[[int, str], dict[str, Any]]:
+    """A ``server_config_for`` that gives each node ``sections`` with ``{identity}`` in
+    every string replaced by its identity (so each node can have its own directory)."""
+
+    def expand(value: Any, identity: str) -> Any:
+        if isinstance(value, str):
+            return value.replace("{identity}", identity)
+        if isinstance(value, dict):
+            return {k: expand(v, identity) for k, v in value.items()}
+        if isinstance(value, list):
+            return [expand(v, identity) for v in value]
+        return value
+
+    return lambda index, identity: expand(sections, identity)
+
+
 def _merge_sections(config: dict[str, Any], extra: dict[str, Any]) -> None:
     """Merge top-level sections; a mapping is merged one level deep into a mapping."""
     for key, value in extra.items():

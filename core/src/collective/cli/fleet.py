@@ -21,9 +21,14 @@ def fleet() -> None:
 @click.option("--broker-url", default=None, help="stomp://user:password@host:port/vhost (not for embedded)")
 @click.option("--port", default=0, type=int, help="Embedded broker port (default: a free one)")
 @click.option("--timeout", default=120.0, show_default=True, help="Seconds to wait for every node")
-def up(nodes: int, directory: str, flavour: str, broker_url: str | None, port: int, timeout: float) -> None:
+@click.option("--server-config", "server_config", default=None, metavar="FILE",
+              type=click.Path(dir_okay=False),
+              help="YAML sections merged into every node's config, e.g. plugins: {nrpe: ...}; "
+                   "{identity} in a string becomes the node's identity")
+def up(nodes: int, directory: str, flavour: str, broker_url: str | None, port: int, timeout: float,
+       server_config: str | None) -> None:
     """Start the fleet in the background and return once every node answers."""
-    from ..fleet import BrokerSpec, FleetError, fleet_up
+    from ..fleet import BrokerSpec, FleetError, fleet_up, load_server_config, per_identity
 
     if flavour == "embedded":
         if broker_url:
@@ -34,7 +39,9 @@ def up(nodes: int, directory: str, flavour: str, broker_url: str | None, port: i
             raise click.UsageError(f"--broker {flavour} needs --broker-url stomp://user:pass@host:port/vhost")
         spec = BrokerSpec.from_url(flavour, broker_url)
     try:
-        result = fleet_up(Path(directory), nodes=nodes, broker=spec, timeout=timeout)
+        sections = load_server_config(Path(server_config)) if server_config else None
+        result = fleet_up(Path(directory), nodes=nodes, broker=spec, timeout=timeout,
+                          server_config_for=per_identity(sections) if sections else None)
     except FleetError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(f"fleet of {nodes} node(s) up on the {flavour} broker "
