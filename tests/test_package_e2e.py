@@ -98,6 +98,12 @@ def test_package_lifecycle_through_mco(fleet):
     assert "1.0 = 2" in out
     assert "all = 2" in out
 
+    # the package() data plugin sees the same state (both nodes share this machine's dpkg)
+    code, out, err = mco(fleet, "find", "-S", f'package("{TEST_PKG}").version=1.0', "--dt", "1")
+    assert (code, sorted(out.split())) == (0, ["node-001", "node-002"]), err
+    code, out, err = mco(fleet, "find", "-S", f'package("{TEST_PKG}").installed=false', "--dt", "1")
+    assert out.split() == [], out + err
+
     code, out, err = mco(fleet, "package", "update", TEST_PKG, "--yes", "--batch", "1",
                          "--batch-sleep", "0")
     assert code == 0, out + err
@@ -118,6 +124,9 @@ def test_package_lifecycle_through_mco(fleet):
     assert code == 0, out + err
     assert node_lines(out) == [f"node-002 version = {TEST_PKG}-purged"]
     assert dpkg_state() is None
+    code, out, err = mco(fleet, "find", "-S", f'package("{TEST_PKG}")=purged and '
+                         f'not package("{TEST_PKG}").installed=true', "--dt", "1")
+    assert (code, sorted(out.split())) == (0, ["node-001", "node-002"]), err
 
 
 def test_unfiltered_install_answered_no_sends_nothing(fleet):
