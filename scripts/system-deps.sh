@@ -14,6 +14,9 @@
 #                             the `activemq` flavour. Like RabbitMQ, the tests start a
 #                             *private* broker (collective.testing.activemq); the system
 #                             service is never started or used.
+#   libvirt-dev pkg-config    xen agent tests: `pip install libvirt-python` (the Makefile's
+#                             test-deps target) builds against them; the tests use libvirt's
+#                             built-in test:/// driver in-process (no libvirtd, no Xen)
 #
 # Idempotent and quiet when everything is installed. Installs non-interactively, runs
 # `apt-get update` once before installing, uses sudo when not root, and never starts a
@@ -21,7 +24,7 @@
 set -euo pipefail
 
 PACKAGES=(rabbitmq-server faketime dpkg-dev puppet monitoring-plugins-basic activemq
-          dnf rpm createrepo-c)
+          dnf rpm createrepo-c libvirt-dev pkg-config)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
