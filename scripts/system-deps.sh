@@ -8,7 +8,10 @@
 #   dpkg-dev                  package-agent tests (dpkg-scanpackages for a local repo)
 #   dnf rpm createrepo-c      package-agent dnf tests (rpmbuild, a createrepo_c repo and
 #                             dnf working in a private --installroot)
-#   puppet                    puppet agent tests
+#   puppet                    puppet agent tests (the real puppet 7 agent)
+#   puppetserver              puppet agent tests: they start a *private* puppetserver
+#                             (collective_agent_puppet.testing) on 127.0.0.1 with its own
+#                             CA and directories; the system service is never started or used.
 #   monitoring-plugins-basic  nrpe agent tests (check_* plugins)
 #   activemq                  ActiveMQ Classic (5.17 on Debian 12) for the connector tests of
 #                             the `activemq` flavour. Like RabbitMQ, the tests start a
@@ -23,8 +26,8 @@
 # service (a temporary policy-rc.d denies it while packages are configured).
 set -euo pipefail
 
-PACKAGES=(rabbitmq-server faketime dpkg-dev puppet monitoring-plugins-basic activemq
-          dnf rpm createrepo-c libvirt-dev pkg-config)
+PACKAGES=(rabbitmq-server faketime dpkg-dev puppet puppetserver monitoring-plugins-basic
+          activemq dnf rpm createrepo-c libvirt-dev pkg-config)
 
 missing=()
 for pkg in "${PACKAGES[@]}"; do
