@@ -148,12 +148,12 @@ def test_broken_plugin_is_skipped_and_the_daemon_serves(tmp_path, collective_bro
     (site / "collective_agent_broken").mkdir()
     (site / "collective_agent_broken" / "__init__.py").write_text("")
     (site / "collective_agent_broken" / "plugin.py").write_text("import no_such_module_xyz\n")
-    env = {"PYTHONPATH": str(site)}
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))}
     listing = subprocess.run([sys.executable, "-m", "collective", "plugin", "list"], capture_output=True,
                              text=True, timeout=60, env={**os.environ, **env})
     assert listing.returncode == 0
     assert "agent-broken" in listing.stdout and "failed: ModuleNotFoundError" in listing.stdout
-    assert "test-canary" in listing.stdout
+    assert "test-canary" in listing.stdout and "agents: canary, checksim, lb, pkgsim" in listing.stdout
     make_keys(tmp_path, ["n1"])
     proc = start_daemon(server_yaml(tmp_path, "n1", collective_broker.port), env=env)
     proc_cleanup(proc)

@@ -153,37 +153,63 @@ def collective_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Calla
                 pass
 
 
-def check_plugin(module: ModuleType) -> None:
-    """Checks every plugin passes: each DDL validates against the meta-schema, DDL
-    actions and ``@action`` methods match, ``metadata.version`` equals the
-    distribution version, and importing ``plugin`` leaves the agent module unloaded."""
+def plugin_distribution(module: ModuleType) -> Any:
+    """The installed distribution whose ``collective`` entry point is ``module``
+    (editable installs included), or None."""
     from importlib import metadata
 
+    for dist in metadata.distributions():
+        for ep in dist.entry_points:
+            if ep.group == "collective" and ep.value == module.__name__:
+                return dist
+    return None
+
+
+def check_plugin(module: ModuleType) -> None:
+    """The checks every plugin passes (each failure is an ``AssertionError`` saying what
+    to fix):
+
+    - ``module`` is the ``collective`` entry point of an installed distribution, named
+      like the distribution without ``collective-`` (``agent-nrpe`` for
+      ``collective-agent-nrpe``); editable installs count;
+    - each DDL validates against the meta-schema, and its ``metadata.version`` is the
+      distribution's version;
+    - DDL actions and ``@action`` methods match;
+    - importing ``module`` in a fresh interpreter leaves the agent modules unloaded.
+    """
     from ..agent import check_agent
     from ..ddl import AgentDDL
     from ..plugins import get_plugin_manager
 
-    pm = get_plugin_manager(load_entrypoints=False, plugins=[module])
     name = module.__name__
+    dist = plugin_distribution(module)
+    assert dist is not None, (
+        f"{name} is not the 'collective' entry point of an installed distribution: declare "
+        f"[project.entry-points.collective] in pyproject.toml and install it (pip install -e .)")
+    dist_name = dist.metadata["Name"]
+    [ep] = [ep for ep in dist.entry_points if ep.group == "collective" and ep.value == name]
+    expected = dist_name.lower().replace("_", "-").removeprefix("collective-")
+    assert ep.name == expected, (
+        f"entry point {ep.name!r} of {dist_name} should be named {expected!r} (the "
+        "distribution name without 'collective-')")
+    pm = get_plugin_manager(load_entrypoints=False, plugins=[module])
     ddl_files = {k: v for k, v in pm.ddl_files().items() if v is not None}
-    agents = pm.agents()
-    package = name.rsplit(".", 1)[0]
-    dist_version = None
-    for dist_name, packages in metadata.packages_distributions().items():
-        if dist_name == package.split(".")[0]:
-            dist_version = metadata.version(packages[0])
+    agents = {agent_name: cls for agent_name, cls in pm.agents().items()
+              if cls.__module__.split(".")[0] == name.split(".")[0]}
     for agent_name, cls in agents.items():
-        if cls.__module__.split(".")[0] != package.split(".")[0]:
-            continue
         assert agent_name in ddl_files, f"agent {agent_name} has no DDL from {name}"
         ddl = AgentDDL.load(ddl_files[agent_name], formats=pm.formats())
         problems = check_agent(cls, ddl)
         assert not problems, "; ".join(problems)
-        if dist_version is not None:
-            assert ddl.metadata["version"] == dist_version, (
-                f"{agent_name} DDL version {ddl.metadata['version']} != distribution {dist_version}")
+        assert ddl.metadata["version"] == dist.version, (
+            f"{agent_name} DDL {ddl.source}: metadata.version {ddl.metadata['version']} is not "
+            f"the version of {dist_name}, {dist.version}")
+    for ddl_name, resource in ddl_files.items():
+        AgentDDL.load(resource, formats=pm.formats())  # a DDL without an agent must load too
+    heavy = sorted({cls.__module__ for cls in agents.values()})
     code = (f"import sys, {name}; "
-            f"heavy = [m for m in sys.modules if m.startswith('{package}.') and m.endswith('.agent')]; "
-            f"sys.exit(1 if heavy else 0)")
+            f"loaded = [m for m in {heavy!r} if m in sys.modules]; "
+            f"print(' '.join(loaded)); sys.exit(1 if loaded else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, f"importing {name} imported agent code: {proc.stdout}{proc.stderr}"
+    assert proc.returncode == 0, (f"importing {name} imported agent code ({proc.stdout.strip()}): "
+                                  f"import agent modules inside the hooks {proc.stderr}")
