@@ -206,10 +206,7 @@ class PluginManager:
                 result = impl.function(**{k: kwargs[k] for k in impl.argnames})
                 items = list(result or [])
             except Exception as exc:
-                status = self.statuses.get(impl.plugin_name) or PluginStatus(impl.plugin_name, "?")
-                status.status = f"failed: {hook_name}: {type(exc).__name__}: {exc}"
-                self.statuses[impl.plugin_name] = status
-                self._report(status, exc)
+                self._hook_failed(impl.plugin_name, hook_name, exc)
                 continue
             for item in items:
                 name = key(item)
@@ -258,6 +255,56 @@ class PluginManager:
 
     def add_cli_commands(self, cli: Any) -> None:
         self._collect("collective_cli_commands", lambda _: "", cli=cli)
+
+    #: registration hooks -> (what ``mco plugin list`` calls them, how an item is named);
+    #: agents are shown by their DDLs, so listing never imports agent code
+    LISTED_HOOKS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+        ("collective_ddls", "agents", lambda res: res.name.rsplit(".", 1)[0]),
+        ("collective_data_plugins", "data plugins", lambda p: p.name),
+        ("collective_fact_sources", "fact sources", lambda c: c.name),
+        ("collective_authorizers", "authorizers", lambda c: c.name),
+        ("collective_security_providers", "security providers", lambda c: c.name),
+        ("collective_connectors", "connectors", lambda c: c.name),
+        ("collective_discovery_methods", "discovery methods", lambda c: c.name),
+        ("collective_audit_sinks", "audit sinks", lambda c: c.name),
+        ("collective_formats", "formats", lambda f: f.name),
+        ("collective_aggregates", "aggregates", lambda a: a.name),
+    )
+
+    def registrations(self) -> dict[str, dict[str, list[str]]]:
+        """What each plugin registered: ``{plugin: {"agents": [...], "commands": [...], ...}}``.
+
+        Each implementation is called on its own; one that raises is recorded in its
+        plugin's status (``failed: ...``) and the others still count.
+        """
+        import click
+
+        found: dict[str, dict[str, list[str]]] = {}
+        for hook_name, label, key in self.LISTED_HOOKS:
+            for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
+                try:
+                    names = sorted(key(item) for item in impl.function() or [])
+                except Exception as exc:
+                    self._hook_failed(impl.plugin_name, hook_name, exc)
+                    continue
+                if names:
+                    found.setdefault(impl.plugin_name, {})[label] = names
+        for impl in self.pm.hook.collective_cli_commands.get_hookimpls():
+            group = click.Group()
+            try:
+                impl.function(cli=group)
+            except Exception as exc:
+                self._hook_failed(impl.plugin_name, "collective_cli_commands", exc)
+                continue
+            if group.commands:
+                found.setdefault(impl.plugin_name, {})["commands"] = sorted(group.commands)
+        return found
+
+    def _hook_failed(self, plugin_name: str, hook_name: str, exc: Exception) -> None:
+        status = self.statuses.get(plugin_name) or PluginStatus(plugin_name, "?")
+        status.status = f"failed: {hook_name}: {type(exc).__name__}: {exc}"
+        self.statuses[plugin_name] = status
+        self._report(status, exc)
 
 
 def get_plugin_manager(load_entrypoints: bool = True, plugins: Iterable[Any] = ()) -> PluginManager:

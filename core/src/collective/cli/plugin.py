@@ -17,25 +17,35 @@ def plugin() -> None:
 @click.option("--all", "show_all", is_flag=True, help="Include the built-in plugins")
 @click.option("-j", "--json", "as_json", is_flag=True, help="Print JSON")
 def list_plugins(show_all: bool, as_json: bool) -> None:
-    """List plugins with their distribution, version and load status.
+    """List plugins: distribution, version, load status, and what each registered
+    (agents, data plugins, fact sources, commands, ...).
 
-    Works when a plugin is broken: its status says why.
+    Works when a plugin is broken: its status says why. Agents are shown by their DDLs,
+    so listing never imports agent code.
     """
     from ..plugins import get_plugin_manager
 
     pm = get_plugin_manager()
+    registered = pm.registrations()
     rows = [s for s in sorted(pm.statuses.values(), key=lambda s: s.name) if show_all or not s.builtin]
     if as_json:
         click.echo(json.dumps([{"name": s.name, "distribution": s.distribution, "version": s.version,
-                                "status": s.status, "hooks": s.hooks, "builtin": s.builtin}
+                                "status": s.status, "hooks": s.hooks, "builtin": s.builtin,
+                                "registered": registered.get(s.name, {})}
                                for s in rows], indent=2))
         return
     if not rows:
         click.echo("No plugins installed (use --all to include the built-in ones).")
         return
     width = max(len(s.name) for s in rows) + 2
+    dist_width = max(len(f"{s.distribution} {s.version}") for s in rows) + 2
     for s in rows:
-        click.echo(f"{s.name:<{width}}{s.distribution} {s.version:<10} {s.status}")
+        status = s.status if s.status == "ok" else click.style(s.status, fg="red")
+        click.echo(f"{s.name:<{width}}{s.distribution + ' ' + s.version:<{dist_width}}{status}")
+        what = registered.get(s.name, {})
+        if what:
+            click.echo(" " * width + "; ".join(f"{kind}: {', '.join(names)}"
+                                               for kind, names in what.items()))
 
 
 def render_ddl(ddl: Any) -> str:
@@ -90,3 +100,12 @@ def doc(agent: str) -> None:
     except DDLError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(render_ddl(ddl), nl=False)
+
+
+def _add_generate() -> None:
+    from .generate import generate
+
+    plugin.add_command(generate)
+
+
+_add_generate()
