@@ -204,7 +204,7 @@ def check_plugin(module: ModuleType) -> None:
         assert ddl.metadata["version"] == dist.version, (
             f"{agent_name} DDL {ddl.source}: metadata.version {ddl.metadata['version']} is not "
             f"the version of {dist_name}, {dist.version}")
-    for ddl_name, resource in ddl_files.items():
+    for resource in ddl_files.values():
         AgentDDL.load(resource, formats=pm.formats())  # a DDL without an agent must load too
     heavy = sorted({cls.__module__ for cls in agents.values()})
     code = (f"import sys, {name}; "
