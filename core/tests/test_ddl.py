@@ -82,7 +82,8 @@ def test_rpcutil_ddl_loads_without_network(monkeypatch):
     assert ddl.timeout == 10
     assert ddl.source == "rpcutil.json"
     assert set(ddl.actions) == {"ping", "inventory", "get_fact", "get_facts", "daemon_stats",
-                                "agent_inventory", "collective_info", "get_config_item"}
+                                "agent_inventory", "agent_ddl", "collective_info",
+                                "get_config_item"}
     assert all(act.display == "always" for act in ddl.actions.values())
     assert ddl.actions["get_fact"].aggregates == [{"function": "summary", "args": ["value"]}]
     assert ddl.actions["get_fact"].required == ["fact"]

@@ -78,6 +78,7 @@ def test_ddl_shape(ddl):
     assert aggregates == {
         "daemon_stats": [("summary", ["version"]), ("summary", ["agents"])],
         "get_fact": [("summary", ["value"])],
+        "agent_ddl": [("summary", ["version"])],
         "collective_info": [("summary", ["collectives"])],
         "get_config_item": [("summary", ["value"])],
     }

@@ -119,6 +119,13 @@ SCHEMA: dict[str, Any] = _obj(
             "stale_after": {"type": ["number", "null"], "exclusiveMinimum": 0},
         }),
         "rpc": _obj({"timeout": {"type": ["number", "null"]}, "batch_size": _int, "batch_sleep": _num}),
+        # DDLs of agents not installed on the client, fetched from the nodes (client only)
+        "ddl": _obj({
+            "fetch": _bool,
+            "cache_dir": _path,
+            "cache_ttl": {"type": "number", "minimum": 0},
+            "fetch_timeout": {"type": "number", "exclusiveMinimum": 0},
+        }),
         "logging": _obj(
             {
                 "level": {"enum": ["DEBUG", "INFO", "WARNING", "ERROR", "debug", "info", "warning", "error"]},
@@ -158,6 +165,7 @@ DEFAULTS: dict[str, Any] = {
     "server": {"max_concurrent": 8, "max_queued": 256, "registration_interval": 0},
     "discovery": {"timeout": 2.0, "method": "broadcast", "inventory": None, "stale_after": None},
     "rpc": {"timeout": None},
+    "ddl": {"fetch": True, "cache_dir": None, "cache_ttl": 3600, "fetch_timeout": 2.0},
     "logging": {"level": "INFO"},
     "plugins": {},
 }
@@ -176,6 +184,7 @@ PATH_KEYS = (
     "server.pidfile",
     "logging.file",
     "discovery.inventory",
+    "ddl.cache_dir",
 )
 
 #: Keys ``rpcutil get_config_item`` may return (an allow-list; secrets are never in it).

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import difflib
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -49,6 +50,8 @@ __all__ = [
     "ActionDDL",
     "DDLError",
     "RequestError",
+    "canonical_json",
+    "ddl_digest",
     "format_checker",
     "meta_schema",
 ]
@@ -181,6 +184,40 @@ def format_checker(formats: Mapping[str, Format] | Iterable[Format] | None = Non
         # JSON Schema formats constrain strings only; the type keyword handles the rest.
         checker.checks(fmt.name)(lambda value, _f=fmt: not isinstance(value, str) or _f(value))
     return checker
+
+
+def canonical_json(doc: Any) -> bytes:
+    """The bytes a DDL digest is taken over: sorted keys, no spaces, ASCII only.
+
+    The node and the client compute it alike, so a document that travelled as JSON
+    has the same digest on both sides.
+    """
+    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+                      allow_nan=False).encode("ascii")
+
+
+def ddl_digest(doc: Any) -> str:
+    """The sha256 (hex) of a DDL document's :func:`canonical_json`."""
+    return hashlib.sha256(canonical_json(doc)).hexdigest()
+
+
+def _unchecked_format(name: str) -> Format:
+    return Format(name, lambda value: True, "not installed here: only the nodes check it")
+
+
+def _formats_used(doc: Any) -> Iterator[tuple[str, str, str]]:
+    """``(action, input, format)`` for every ``format`` in the inputs of a document
+    that may not have passed the meta-schema yet."""
+    actions = doc.get("actions") if isinstance(doc, dict) else None
+    for spec in actions if isinstance(actions, list) else []:
+        if not isinstance(spec, dict) or not isinstance(spec.get("input"), dict):
+            continue
+        properties = spec["input"].get("properties")
+        for name, schema in (properties.items() if isinstance(properties, dict) else ()):
+            for sub, _path in _walk_schemas(schema, []):
+                fmt = sub.get("format")
+                if isinstance(fmt, str):
+                    yield str(spec.get("action")), str(name), fmt
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -322,9 +359,11 @@ class ActionDDL:
         return f"ActionDDL({self.agent}#{self.name})"
 
     # -- requests ------------------------------------------------------------------
-    def validate_input(self, data: Mapping[str, Any]) -> dict[str, Any]:
+    def validate_input(self, data: Mapping[str, Any], defaults: bool = True) -> dict[str, Any]:
         """Check request data and return a copy with declared defaults filled in.
 
+        :param defaults: fill in the declared defaults of absent inputs (the client
+            does not for a DDL fetched from the nodes: a node fills its own)
         :raises RequestError: 3 when a required input is missing, 4 when an input is
             not declared or its value is invalid
         """
@@ -339,7 +378,7 @@ class ActionDDL:
             if key not in data:
                 raise RequestError(3, f"Action {self.name} needs a {key} argument")
         out = copy.deepcopy(dict(data))
-        for key, schema in self.inputs.items():
+        for key, schema in self.inputs.items() if defaults else ():
             if key not in out and "default" in schema:
                 out[key] = copy.deepcopy(schema["default"])
         errors = sorted(self._validator.iter_errors(out), key=lambda e: _path_key(e.absolute_path))
@@ -483,8 +522,13 @@ class AgentDDL:
     share between threads.
     """
 
-    def __init__(self, doc: dict[str, Any], source: str, formats: Mapping[str, Format]) -> None:
+    def __init__(self, doc: dict[str, Any], source: str, formats: Mapping[str, Format],
+                 unchecked_formats: Mapping[str, list[tuple[str, str]]] | None = None) -> None:
         self._doc = doc
+        #: format name -> ``[(action, input), ...]`` for formats this side does not
+        #: have (only with ``load(..., unknown_formats="skip")``): not checked here
+        self.unchecked_formats: dict[str, list[tuple[str, str]]] = {
+            name: list(uses) for name, uses in (unchecked_formats or {}).items()}
         #: the DDL file name, used in messages
         self.source = source
         #: ``{name, description, author, license, version, url, timeout}``
@@ -509,6 +553,16 @@ class AgentDDL:
         """The DDL document, as loaded (a deep copy)."""
         return copy.deepcopy(self._doc)
 
+    @functools.cached_property
+    def sha256(self) -> str:
+        """The document's digest (:func:`ddl_digest`): what ``rpcutil agent_ddl`` reports."""
+        return ddl_digest(self._doc)
+
+    def unchecked_inputs(self, action: str) -> dict[str, str]:
+        """Inputs of ``action`` whose format this side cannot check: input -> format."""
+        return {name: fmt for fmt, uses in self.unchecked_formats.items()
+                for act, name in uses if act == action}
+
     def action(self, name: str) -> ActionDDL:
         """The action called ``name``.
 
@@ -518,16 +572,22 @@ class AgentDDL:
 
     @classmethod
     def load(cls, resource: Any, formats: Mapping[str, Format] | Iterable[Format] | None = None,
-             source: str | None = None) -> AgentDDL:
+             source: str | None = None, unknown_formats: str = "error") -> AgentDDL:
         """Read and validate a DDL.
 
         :param resource: an :mod:`importlib.resources` Traversable, a path, or the
-            document as a dict
+            document as a dict (a DDL that travelled as data)
         :param formats: the format registry (``PluginManager.formats()``, a list of
             :class:`~collective.formats.Format`, or None for the built-ins)
         :param source: the name used in error messages (default: the file name)
+        :param unknown_formats: ``"error"`` (default) refuses a ``format`` that is not in
+            the registry; ``"skip"`` accepts it unchecked and lists it in
+            :attr:`unchecked_formats` (a client with a DDL fetched from the nodes lacks
+            the formats the agent's plugin registers; the nodes check them)
         :raises DDLError: naming the file and the JSON path of the offending key
         """
+        if unknown_formats not in ("error", "skip"):
+            raise ValueError(f"unknown_formats must be 'error' or 'skip', not {unknown_formats!r}")
         registry = format_registry(formats)
         stem: str | None = None
         if isinstance(resource, Mapping):
@@ -547,8 +607,19 @@ class AgentDDL:
             except (OSError, UnicodeDecodeError) as exc:
                 raise DDLError(f"{source}: cannot read: {exc}") from None
             doc = _strict_json(text, source)
+        unchecked: dict[str, list[tuple[str, str]]] = {}
+        if unknown_formats == "skip":
+            for action, name, fmt in _formats_used(doc):
+                if fmt not in registry or fmt in unchecked:
+                    try:
+                        registry.setdefault(fmt, _unchecked_format(fmt))
+                    except ValueError:  # not a format name at all: _check_input refuses it
+                        continue
+                    unchecked.setdefault(fmt, [])
+                    if (action, name) not in unchecked[fmt]:
+                        unchecked[fmt].append((action, name))
         _check_document(doc, source, registry, stem)
-        return cls(doc, source, registry)
+        return cls(doc, source, registry, unchecked)
 
 
 def _check_document(doc: Any, source: str, formats: Mapping[str, Format], stem: str | None) -> None:

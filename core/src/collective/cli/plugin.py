@@ -7,6 +7,8 @@ from typing import Any
 
 import click
 
+from .options import filter_options
+
 
 @click.group()
 def plugin() -> None:
@@ -86,20 +88,65 @@ def render_ddl(ddl: Any) -> str:
 
 @plugin.command("doc")
 @click.argument("agent")
-def doc(agent: str) -> None:
-    """Render AGENT's DDL: metadata, actions, inputs and outputs."""
+@filter_options
+@click.option("-c", "--config", "config_path", default=None, metavar="FILE", envvar="COLLECTIVE_CONFIG",
+              help="Client config file (used to fetch a DDL that is not installed here)")
+@click.option("--refresh", is_flag=True, help="Ask the nodes again even if the cached DDL is fresh")
+@click.option("-j", "--json", "as_json", is_flag=True, help="Print the DDL document as JSON")
+@click.option("-v", "--verbose", is_flag=True, help="Verbose output")
+def doc(agent: str, flt: Any, collective: str | None, discovery_timeout: float | None,
+        config_path: str | None, refresh: bool, as_json: bool, verbose: bool) -> None:
+    """Render AGENT's DDL: metadata, actions, inputs and outputs.
+
+    Without AGENT's plugin installed here the DDL comes from the nodes the filter
+    options select (or from the cache of DDLs fetched before), and the first line
+    says where it came from.
+
+    \b
+    mco plugin doc nrpe
+    mco plugin doc nrpe -I node-001 --refresh
+    """
     from ..ddl import AgentDDL, DDLError
     from ..plugins import get_plugin_manager
 
     pm = get_plugin_manager()
     files = pm.ddl_files()
-    if agent not in files:
-        raise click.ClickException(f"No DDL found for agent {agent!r}; known: {', '.join(files) or 'none'}")
-    try:
-        ddl = AgentDDL.load(files[agent], formats=pm.formats())
-    except DDLError as exc:
-        raise click.ClickException(str(exc)) from None
+    note = None
+    if agent in files:
+        try:
+            ddl = AgentDDL.load(files[agent], formats=pm.formats())
+        except DDLError as exc:
+            raise click.ClickException(str(exc)) from None
+    else:
+        from ..client import ClientError
+        from ..config import ConfigError
+        from ..security.base import SecurityError
+        from .options import make_client
+
+        try:
+            with make_client(config_path, collective) as client:
+                ddl = client.ddl(agent, filter=flt, refresh=refresh)
+                note = client.ddl_source(agent).describe()
+        except (ClientError, ConfigError, DDLError, SecurityError, OSError) as exc:
+            if verbose:
+                import traceback
+
+                traceback.print_exc()
+            raise click.ClickException(
+                f"No DDL found for agent {agent!r}: not installed here (installed: "
+                f"{', '.join(files) or 'none'}) and not fetched from the nodes: {exc}") from None
+    if as_json:
+        if note:
+            click.echo(note, err=True)
+        click.echo(json.dumps(ddl.to_dict(), indent=2, sort_keys=True))
+        return
+    if note:
+        click.echo(note + "\n")
     click.echo(render_ddl(ddl), nl=False)
+    for fmt, uses in sorted(ddl.unchecked_formats.items()):
+        where = ", ".join(f"{action}.{name}" for action, name in uses)
+        click.echo(f"\nFormat {fmt} ({where}) comes with the agent's plugin, which is not installed "
+                   "here: the client does not check it, the nodes do.")
 
 
 def _add_generate() -> None:

@@ -85,12 +85,11 @@ def rpc(agent: str, action: str, arguments: tuple[str, ...], config_path: str | 
     started = time.monotonic()
     select = compile_reply_filter(filter_replies)
     with make_client(config_path, collective) as client:
-        ddl = client.ddl(agent)
-        if action not in ddl.actions:
-            fail("rpc", f"Attempted to call action {action} for {agent} but it's not declared in the DDL")
-        act = ddl.actions[action]
+        args = parse_arguments(arguments)
+        # an agent whose plugin is not installed here: its DDL comes from the targeted nodes
+        act = client.action_ddl(agent, action, args, filter=flt, nodes=discovery["nodes"])
         try:
-            data = act.convert_cli(parse_arguments(arguments))
+            data = act.convert_cli(args)
         except RequestError as exc:
             fail("rpc", str(exc))
         if no_results or reply_to:

@@ -65,6 +65,9 @@ class Client:
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
         self._ddls: dict[str, Any] = {}
+        self._ddl_sources: dict[str, Any] = {}
+        self._ddl_cache: Any = None
+        self._warned_formats: set[tuple[str, str, str]] = set()
         self.late_replies = 0
 
     @property
@@ -106,16 +109,71 @@ class Client:
         self.close()
 
     # -- DDLs --------------------------------------------------------------------
-    def ddl(self, agent: str) -> Any:
-        """The agent's DDL, read from the installed plugins (never their code)."""
-        if agent not in self._ddls:
-            from ..ddl import AgentDDL
+    def ddl(self, agent: str, *, filter: Filter | None = None, nodes: Iterable[str] | None = None,
+            refresh: bool = False) -> Any:
+        """The agent's DDL: the installed one (read from the plugins, never their code),
+        else the one the targeted nodes report (see :mod:`collective.client.remote_ddl`).
 
-            files = self.pm.ddl_files()
-            if agent not in files:
-                raise ClientError(f"No DDL found for agent {agent!r}: is its plugin installed here?")
-            self._ddls[agent] = AgentDDL.load(files[agent], formats=self.pm.formats())
-        return self._ddls[agent]
+        :param filter: with ``nodes``, which nodes to ask when the DDL is not installed:
+            the ones the request targets
+        :param refresh: for a fetched DDL, ask the nodes even when the cache is fresh
+        :raises ClientError: not installed here and no targeted node could supply it
+        """
+        if agent in self._ddls and not (refresh and self._ddl_sources[agent].fetched):
+            return self._ddls[agent]
+        from ..ddl import AgentDDL
+        from .remote_ddl import DDLSource, resolve
+
+        files = self.pm.ddl_files()
+        if agent in files:
+            ddl = AgentDDL.load(files[agent], formats=self.pm.formats())
+            source = DDLSource(agent=agent, origin="installed", version=str(ddl.metadata["version"]),
+                               sha256=ddl.sha256, location=str(files[agent]))
+        elif not self.config.get("ddl.fetch", True):
+            raise ClientError(f"No DDL found for agent {agent!r}: is its plugin installed here? "
+                              "(fetching DDLs from the nodes is off: ddl.fetch)")
+        else:
+            ddl, source = resolve(self, agent, filter=filter, nodes=nodes, refresh=refresh)
+        self._ddls[agent], self._ddl_sources[agent] = ddl, source
+        return ddl
+
+    def ddl_source(self, agent: str) -> Any:
+        """Where the DDL :meth:`ddl` returned for ``agent`` came from
+        (:class:`~collective.client.remote_ddl.DDLSource`), or None before it was asked."""
+        return self._ddl_sources.get(agent)
+
+    @property
+    def ddl_cache(self) -> Any:
+        """The cache of fetched DDLs (:class:`~collective.client.ddl_cache.DDLCache`)."""
+        if self._ddl_cache is None:
+            from .ddl_cache import DDLCache
+
+            self._ddl_cache = DDLCache.from_config(self.config)
+        return self._ddl_cache
+
+    def action_ddl(self, agent: str, action: str, inputs: Iterable[str] = (), *,
+                   filter: Filter | None = None, nodes: Iterable[str] | None = None) -> Any:
+        """The :class:`~collective.ddl.ActionDDL` of ``agent``'s ``action``.
+
+        A DDL from the cache that does not declare the action or one of ``inputs`` may
+        be older than the nodes' (an upgrade added them): the nodes are asked once more
+        before the request is refused.
+
+        :raises ClientError: the action is not declared
+        """
+        ddl = self.ddl(agent, filter=filter, nodes=nodes)
+        names = list(inputs)
+
+        def declared(d: Any) -> bool:
+            return action in d.actions and all(n in d.actions[action].inputs for n in names)
+
+        if not declared(ddl) and self._ddl_sources[agent].origin == "cache":
+            log.info("the cached DDL of %s does not declare %s%s: asking the nodes again", agent,
+                     action, f" with {', '.join(names)}" if names else "")
+            ddl = self.ddl(agent, filter=filter, nodes=nodes, refresh=True)
+        if action not in ddl.actions:
+            raise ClientError(f"Attempted to call action {action} for {agent} but it's not declared in the DDL")
+        return ddl.actions[action]
 
     # -- replies -------------------------------------------------------------------
     def _on_reply(self, wire: bytes) -> None:
@@ -217,8 +275,8 @@ class Client:
         """
         from ..connectors.destinations import parse_logical
 
-        data = self.validate(agent, action, data)
         flt = filter or Filter()
+        data = self.validate(agent, action, data, filter=flt, nodes=nodes)
         if reply_to is not None:
             dest = parse_logical(reply_to)
             if dest.kind != "reply" or dest.collective != self.collective:
@@ -305,18 +363,30 @@ class Client:
             return sorted(set(flt.identity))
         return [reply.sender for reply in self.ping(flt, timeout) if reply.ok]
 
-    def validate(self, agent: str, action: str, data: dict[str, Any] | None) -> dict[str, Any]:
+    def validate(self, agent: str, action: str, data: dict[str, Any] | None, *,
+                 filter: Filter | None = None, nodes: Iterable[str] | None = None) -> dict[str, Any]:
         """``data`` checked against the DDL, defaults filled, before anything is sent.
 
+        With a DDL fetched from the nodes no defaults are filled in (each node fills its
+        own) and inputs whose format only the agent's plugin knows are not checked here
+        (a warning says so; the nodes check them).
+
+        :param filter: with ``nodes``: the nodes to ask for a DDL that is not installed
         :raises ClientError: unknown agent or action, or invalid data
         """
         from ..ddl import RequestError
 
-        ddl = self.ddl(agent)
-        if action not in ddl.actions:
-            raise ClientError(f"Attempted to call action {action} for {agent} but it's not declared in the DDL")
+        data = dict(data or {})
+        act = self.action_ddl(agent, action, data, filter=filter, nodes=nodes)
+        source = self._ddl_sources[agent]
+        for name, fmt in self._ddls[agent].unchecked_inputs(action).items():
+            if name in data and (agent, name, fmt) not in self._warned_formats:
+                self._warned_formats.add((agent, name, fmt))
+                log.warning("Warning: input %s of %s#%s has format %s, which comes with the agent's "
+                            "plugin and is not installed here: only the nodes check it", name, agent,
+                            action, fmt)
         try:
-            return ddl.actions[action].validate_input(dict(data or {}))
+            return act.validate_input(data, defaults=not source.fetched)
         except RequestError as exc:
             raise ClientError(str(exc)) from None
 
@@ -365,8 +435,8 @@ class Client:
             is true (not with batches).
         :raises ClientError: on invalid input (nothing is sent).
         """
-        data = self.validate(agent, action, data)
         flt = filter or Filter()
+        data = self.validate(agent, action, data, filter=flt, nodes=nodes)
         started = time.time()
         t0 = time.monotonic()
         targets, discovery_performed, stale = self.select_targets(

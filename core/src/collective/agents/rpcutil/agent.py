@@ -1,5 +1,8 @@
 """The ``rpcutil`` agent (MCollective ``agent/rpcutil.rb``, Choria's Go copy).
 
+``agent_ddl`` is ours: it returns an agent's DDL as data, so a client that lacks the
+agent's plugin can still validate requests (``collective.client.remote_ddl``).
+
 ``get_config_item`` reads only keys in :data:`collective.config.READABLE_KEYS`
 and refuses everything else with the same message, so it can neither return a
 secret nor tell which secrets exist (MCollective's ``config.send(item)`` could
@@ -102,6 +105,18 @@ class Rpcutil(Agent):
             entry.update({key: meta.get(key, "unknown") for key in INVENTORY_KEYS})
             agents.append(entry)
         reply["agents"] = agents
+
+    @action
+    def agent_ddl(self, request: Request, reply: Reply) -> None:
+        """The DDL this node validates ``agent``'s requests with: data, never code."""
+        name = request["agent"]
+        ddl = self.node.agent_ddls().get(name)
+        if ddl is None:
+            raise Aborted(f"Agent {name} is not loaded on this node")
+        reply["agent"] = name
+        reply["version"] = str(ddl.metadata["version"])
+        reply["sha256"] = ddl.sha256
+        reply["ddl"] = ddl.to_dict() if request.get("document", True) else None
 
     @action
     def collective_info(self, request: Request, reply: Reply) -> None:
