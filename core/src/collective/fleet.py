@@ -169,7 +169,8 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
              extra_server_config: dict[str, Any] | None = None,
              facts_for: Callable[[int, str], dict[str, Any]] | None = None,
              clients: Sequence[str] | None = None,
-             server_config_for: Callable[[int, str], dict[str, Any]] | None = None) -> Fleet:
+             server_config_for: Callable[[int, str], dict[str, Any]] | None = None,
+             python: str | os.PathLike[str] | None = None) -> Fleet:
     """Start a fleet in ``directory`` and return once all ``nodes`` answer.
 
     :param extra_server_config: top-level sections merged into every node's config
@@ -181,8 +182,12 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
     :param clients: client key names (default ``["admin"]``); each gets a key pair
         trusted by the nodes (caller id ``cert=NAME``) and a config file: the first
         ``client.yaml``, the others ``client-NAME.yaml``.
+    :param python: the interpreter that runs the broker and the nodes (default: this
+        one); another venv's python runs the code installed there.
     """
     from .security.keys import generate_keypair
+
+    interpreter = str(python) if python is not None else sys.executable
 
     names = list(clients) if clients is not None else [CLIENT_NAME]
     if not names:
@@ -215,7 +220,7 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
     try:
         if spec.flavour == "embedded":
             fleet.pids["broker"] = _spawn(
-                [sys.executable, "-m", "collective", "broker", "--host", spec.host,
+                [interpreter, "-m", "collective", "broker", "--host", spec.host,
                  "--port", str(spec.port), "--pidfile", str(directory / "broker.pid"),
                  "--log-level", "WARNING"], directory / "broker.log")
             fleet.save()
@@ -261,7 +266,7 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
                 _merge_sections(config, server_config_for(index, identity))
             _write_yaml(node_dir / "server.yaml", config)
             fleet.pids[identity] = _spawn(
-                [sys.executable, "-m", "collective.server.main", "-c", str(node_dir / "server.yaml")],
+                [interpreter, "-m", "collective.server.main", "-c", str(node_dir / "server.yaml")],
                 node_dir / "stdout.log")
         fleet.save()
         wait_for_nodes(fleet, timeout)

@@ -333,19 +333,38 @@ class StompConnector:
         self._await_receipts([receipt], time.monotonic() + self.publish_timeout,
                              f"SUBSCRIBE {destination}")
 
-    def unsubscribe(self, dest: Destination) -> None:
-        """Forget the subscription for ``dest`` (no error if there is none)."""
+    def unsubscribe(self, dest: Destination, confirm: bool = False) -> None:
+        """Forget the subscription for ``dest`` (no error if there is none).
+
+        With ``confirm`` (the daemon pausing before a re-exec) this waits, up to
+        ``broker.publish_timeout``, for the broker's RECEIPT; messages the broker sent
+        before it still reach the callback, so none is dropped in between. A missing
+        confirmation raises :class:`ConnectorError`.
+        """
+        receipt = None
         with self._lock:
             sub = self._subs.pop(dest, None)
             if sub is None:
                 return
-            self._by_id.pop(sub.sub_id, None)
             session = self._session
             if session is not None and session.conn is not None:
+                if confirm and not self._on_receiver_thread(session):
+                    receipt = self._new_receipt("u")
                 try:
-                    session.conn.unsubscribe(id=sub.sub_id)
+                    session.conn.unsubscribe(id=sub.sub_id,
+                                             headers={"receipt": receipt} if receipt else None)
                 except (StompException, OSError) as exc:
+                    self._receipt_done(receipt, ok=False, error=str(exc))
                     log.debug("UNSUBSCRIBE %s failed: %s", sub.destination, exc)
+            if receipt is None:
+                self._by_id.pop(sub.sub_id, None)
+                return
+        try:
+            self._await_receipts([receipt], time.monotonic() + self.publish_timeout,
+                                 f"UNSUBSCRIBE {sub.destination}")
+        finally:
+            with self._lock:
+                self._by_id.pop(sub.sub_id, None)
 
     def subscriptions(self) -> list[Destination]:
         with self._lock:

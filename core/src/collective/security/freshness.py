@@ -9,7 +9,8 @@ its deadline, new requests are refused (``replay_cache_full``): the cache degrad
 refusing, never by accepting.
 
 The cache lives in memory: after a restart a request captured within its TTL would
-run again (documented limitation, THREATS S2).
+run again (documented limitation, THREATS S2). A daemon that re-executes itself on
+SIGHUP hands the cache to its new image (:meth:`ReplayGuard.export`, :meth:`ReplayGuard.restore`).
 """
 
 from __future__ import annotations
@@ -91,3 +92,28 @@ class ReplayGuard:
                 )
             self._seen[key] = deadline
             heapq.heappush(self._deadlines, (deadline, key))
+
+    def export(self) -> list[tuple[str, str, float]]:
+        """The unexpired ``(caller, request id, deadline ms)`` entries, for a daemon that
+        re-executes itself (SIGHUP) and must not forget what it has already run."""
+        with self._lock:
+            self._evict(self.clock() * 1000.0)
+            return [(caller, rid, deadline) for (caller, rid), deadline in self._seen.items()]
+
+    def restore(self, entries: list[tuple[str, str, float]]) -> int:
+        """Remember ``entries`` (from :meth:`export`) as seen; expired ones and those past
+        ``max_entries`` are skipped. Returns how many were kept."""
+        now_ms = self.clock() * 1000.0
+        kept = 0
+        with self._lock:
+            for caller, rid, deadline in entries:
+                if len(self._seen) >= self.max_entries:
+                    break
+                if not (isinstance(caller, str) and isinstance(rid, str)
+                        and isinstance(deadline, int | float)) or deadline < now_ms:
+                    continue
+                key = (caller, rid)
+                self._seen[key] = float(deadline)
+                heapq.heappush(self._deadlines, (float(deadline), key))
+                kept += 1
+        return kept

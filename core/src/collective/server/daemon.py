@@ -5,6 +5,10 @@ checks (size, signature, freshness, replay, filter) run on the connector's
 receive thread; actions run in a bounded :class:`~collective.server.pool.WorkerPool`
 with the DDL timeout, and ``rpcutil`` / ``discovery`` run on a reserved thread so
 a full pool never stops the node from answering ``mco ping``.
+
+Every accepted request is counted until its reply is sent, so a SIGHUP that
+re-executes the daemon (:mod:`collective.server.reload`) can :meth:`Daemon.pause`
+(unsubscribe) and :meth:`Daemon.drain` (wait for those replies) first.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from ..message import MalformedMessage, ReplyMessage, RequestMessage
 from ..plugins import PluginManager, get_plugin_manager, resolve
 from ..security.base import SecurityError
 from ..security.freshness import ReplayGuard
-from .dispatch import AgentHost, CallInfo, Outcome
+from .dispatch import AgentHost, CallInfo, Outcome, _short_error
 from .pool import PoolFull, WorkerPool
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,9 @@ class Daemon:
         self._stopping = threading.Event()
         self._outbox: list[tuple[float, Destination, bytes]] = []
         self._outbox_lock = threading.Lock()
+        #: accepted requests whose reply is not sent yet (the drain waits for them)
+        self._pending = 0
+        self._pending_cond = threading.Condition()
         sec = config["security"]
         self.max_request_bytes = int(sec["max_request_bytes"])
         self.guard = ReplayGuard(max_entries=sec["replay_cache"], skew=sec["skew"],
@@ -74,6 +81,8 @@ class Daemon:
         self.facts_store = FactStore(config, self.pm.fact_sources(),
                                      refresh=float(config["facts"]["refresh"]))
         self.audit = self._make_audit()
+        #: one line per plugin, DDL or agent that was skipped (``rpcutil daemon_stats``)
+        self.problems: list[str] = []
         self.host = self._make_host()
         server = config["server"]
         self.pool = WorkerPool(server["max_concurrent"], server["max_queued"], name="action")
@@ -98,6 +107,9 @@ class Daemon:
     def _make_host(self) -> AgentHost:
         from ..ddl import AgentDDL, DDLError
 
+        problems = [f"plugin {s.name} ({s.distribution} {s.version}): {s.status}"
+                    for s in sorted(self.pm.statuses.values(), key=lambda s: s.name)
+                    if not s.builtin and s.status not in ("ok", "blocked")]
         formats = self.pm.formats()
         ddls: dict[str, Any] = {}
         for name, resource in self.pm.ddl_files().items():
@@ -105,10 +117,13 @@ class Daemon:
                 ddls[name] = AgentDDL.load(resource, formats=formats)
             except DDLError as exc:
                 log.error("agent %s disabled: %s", name, exc)
+                problems.append(f"agent {name} disabled: {exc}")
         host = AgentHost(self.config, self, self.pm.agents(), ddls,
                          authorizer=self._make_authorizer())
         for problem in host.load():
             log.error("%s", problem)
+            problems.append(problem)
+        self.problems = problems
         return host
 
     # -- NodeContext -------------------------------------------------------------
@@ -137,6 +152,7 @@ class Daemon:
             version=self.version,
             in_flight=self.pool.in_flight,
             connector=dict(getattr(self.connector, "stats", {})),
+            plugin_problems=list(self.problems),
         )
         return stats
 
@@ -170,16 +186,106 @@ class Daemon:
                  self.identity, ",".join(self.collectives), ",".join(sorted(self.host.agents)))
 
     def reload(self) -> None:
-        """SIGHUP: re-read agents, facts, policies and the trust store."""
+        """SIGHUP with unchanged code: re-read facts, policies and the trust store,
+        reopen the audit log and re-activate the agents (same classes: new code needs
+        the re-exec of :mod:`collective.server.reload`)."""
         log.info("reloading agents, facts, policies and keys")
         old = set(self.host.agents)
         self.security.reload()
         self.facts_store.reload()
         self.audit.reopen()
         self.host = self._make_host()
+        keep = {*self.host.agents, "discovery"}
         for collective in self.collectives:
             for agent in sorted(set(self.host.agents) - old):
                 self.connector.subscribe(Destination.broadcast(collective, agent), self.on_message)
+            for agent in sorted(old - keep):
+                self.connector.unsubscribe(Destination.broadcast(collective, agent))
+
+    # -- pause and drain (re-exec on SIGHUP) ---------------------------------------
+    def pause(self) -> None:
+        """Stop taking new work: stop registration and unsubscribe from every destination.
+
+        Each UNSUBSCRIBE waits for the broker's receipt; a request delivered before it is
+        handled as usual (it counts as accepted). Directed requests sent from now on wait
+        in the node's queue for whoever subscribes next; broadcasts are not seen.
+        """
+        from ..connectors.stomp import ConnectorError
+
+        registration = getattr(self, "registration", None)
+        if registration is not None:
+            registration.stop()
+        listing = getattr(self.connector, "subscriptions", None)
+        for dest in (listing() if callable(listing) else self.subscriptions()):
+            try:
+                try:
+                    self.connector.unsubscribe(dest, confirm=True)
+                except TypeError:  # a connector without confirmed unsubscribe
+                    self.connector.unsubscribe(dest)
+            except ConnectorError as exc:
+                log.warning("unsubscribing from %s: %s", dest, exc)
+
+    @property
+    def pending(self) -> int:
+        """Accepted requests whose reply has not been sent (or queued in the outbox)."""
+        with self._pending_cond:
+            return self._pending
+
+    def drain_timeout(self) -> float:
+        """How long :meth:`drain` may wait: every pending request through the pool at the
+        longest DDL timeout, plus the broker's publish timeout and a little."""
+        longest = max((float(a.timeout) for a in self.host.agents.values()), default=10.0)
+        rounds = max(1, -(-self.pending // max(1, self.pool.workers)))
+        return rounds * longest + float(self.config["broker"]["publish_timeout"]) + 5.0
+
+    def drain(self, timeout: float | None = None, stop: threading.Event | None = None) -> bool:
+        """Wait until every accepted request has replied and no action thread runs.
+
+        An action past its DDL timeout has had its "timed out" reply already; its thread
+        is waited for until ``timeout`` (default :meth:`drain_timeout`).
+
+        :returns: True when nothing is left running; False on timeout or ``stop``
+        """
+        deadline = time.monotonic() + (self.drain_timeout() if timeout is None else timeout)
+        with self._pending_cond:
+            while self._pending and time.monotonic() < deadline:
+                if stop is not None and stop.is_set():
+                    return False
+                self._pending_cond.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            if self._pending:
+                log.warning("drain: %d request(s) still without a reply after the drain timeout",
+                            self._pending)
+                return False
+        while self.pool.in_flight and time.monotonic() < deadline:
+            if stop is not None and stop.is_set():
+                return False
+            time.sleep(0.05)
+        if self.pool.in_flight:
+            log.warning("drain: %d action thread(s) still running past their deadline",
+                        self.pool.in_flight)
+            return False
+        return True
+
+    def take_outbox(self) -> list[tuple[float, Destination, bytes]]:
+        """The replies still waiting for the broker (unexpired), removed from this daemon."""
+        with self._outbox_lock:
+            pending, self._outbox = self._outbox, []
+        now = time.time()
+        return [item for item in pending if item[0] > now]
+
+    def restore_outbox(self, items: list[tuple[float, Destination, bytes]]) -> None:
+        """Queue replies handed over by the previous image; the outbox loop sends them."""
+        with self._outbox_lock:
+            self._outbox.extend(items)
+
+    def _begin(self) -> None:
+        with self._pending_cond:
+            self._pending += 1
+
+    def _end(self) -> None:
+        with self._pending_cond:
+            self._pending -= 1
+            self._pending_cond.notify_all()
 
     def stop(self) -> None:
         self._stopping.set()
@@ -307,21 +413,51 @@ class Daemon:
         timeout = float(host.agents[call.agent].timeout)
 
         def done(outcome: Outcome) -> None:
-            self._reply(body, request, outcome.statuscode, outcome.statusmsg, outcome.data)
+            try:
+                self._reply(body, request, outcome.statuscode, outcome.statusmsg, outcome.data)
+            finally:
+                self._end()
 
         def expired() -> None:
-            self.count("timeouts")
-            self._reply(body, request, 5, f"timed out after {timeout:g}s", {})
+            try:
+                self.count("timeouts")
+                self._reply(body, request, 5, f"timed out after {timeout:g}s", {})
+            finally:
+                self._end()
 
+        def finished(future: Any) -> None:
+            if future.cancelled() or future.exception() is not None:
+                self._end()  # shutting down: nobody will reply
+                return
+            done(future.result())
+
+        self._begin()  # replied by exactly one of done / expired / finished / busy
         if call.agent in RESERVED_AGENTS:
-            future = self.reserved.submit(host.run, call)
-            future.add_done_callback(lambda f: done(f.result()) if not f.exception() else None)
+            try:
+                self.reserved.submit(self._run, host, call).add_done_callback(finished)
+            except RuntimeError:  # the executor is shut down
+                self._end()
             return
         try:
-            self.pool.submit(lambda: host.run(call), done, expired, timeout)
+            self.pool.submit(lambda: self._run(host, call), done, expired, timeout)
         except PoolFull:
-            self.count("busy")
-            self._reply(body, request, 1, "node busy: too many requests in progress", {})
+            try:
+                self.count("busy")
+                self._reply(body, request, 1, "node busy: too many requests in progress", {})
+            finally:
+                self._end()
+        except RuntimeError:  # the pool is shut down
+            self._end()
+
+    @staticmethod
+    def _run(host: AgentHost, call: CallInfo) -> Outcome:
+        """``host.run`` that always returns an outcome, so the request always gets its reply."""
+        try:
+            return host.run(call)
+        except BaseException as exc:  # noqa: BLE001 - host.run maps errors; this is the last resort
+            log.exception("%s#%s (request %s) failed", call.agent, call.action, call.request_id)
+            return Outcome(5, f"Unknown error in {call.agent}#{call.action}: {_short_error(exc)}",
+                           {}, "allow", "error")
 
     def _reply(self, request_body: bytes, request: RequestMessage, statuscode: int,
                statusmsg: str, data: dict[str, Any]) -> None:
