@@ -4,7 +4,7 @@
 #   rabbitmq-server           RabbitMQ + rabbitmq_stomp for the connector tests. The tests
 #                             start a *private* node (collective.testing.rabbitmq); the
 #                             system service is never started or used.
-#   faketime                  clock-skew tests (THREATS S3/R8)
+#   faketime                  clock-skew tests (docs/security.md S3/R8)
 #   dpkg-dev                  package-agent tests (dpkg-scanpackages for a local repo)
 #   dnf rpm createrepo-c      package-agent dnf tests (rpmbuild, a createrepo_c repo and
 #                             dnf working in a private --installroot)

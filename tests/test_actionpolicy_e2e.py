@@ -1,6 +1,6 @@
 """End to end: a real fleet (embedded broker + 3 collectived processes) authorizing with
 collective-auth-actionpolicy, driven by the real `mco` as two clients, admin and bob
-(THREATS S6, S7a, S17)."""
+(docs/security.md S6, S7a, S17)."""
 
 from __future__ import annotations
 

@@ -44,6 +44,7 @@ def server_yaml(tmp: Path, identity: str, port: int, **extra) -> Path:
     data = {"identity": identity, "broker": {"port": port, "heartbeat_ms": 2000},
             "security": {"private_key": str(keys / f"{identity}.key"), "trust_dir": str(trust)},
             "audit": {"file": str(tmp / f"{identity}.audit")},
+            "authorization": {"provider": "callers", "callers": ["cert=admin"]},
             "logging": {"file": str(tmp / f"{identity}.log")}, **extra}
     path = tmp / f"{identity}.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -187,7 +188,10 @@ def test_client_gives_up_quickly_when_the_broker_is_down(tmp_path):
 def in_process(tmp: Path, identity: str, broker: dict, **extra) -> Daemon:
     cfg = Config({"identity": identity, "broker": broker,
                   "security": {"private_key": str(tmp / "keys" / f"{identity}.key"),
-                               "trust_dir": str(tmp / "trust")}, **extra}, kind="server", env={})
+                               "trust_dir": str(tmp / "trust")},
+                  "audit": {"file": str(tmp / f"{identity}.audit")},
+                  "authorization": {"provider": "callers", "callers": ["cert=admin"]},
+                  **extra}, kind="server", env={})
     daemon = Daemon(cfg, pm=get_plugin_manager(load_entrypoints=False, plugins=[canary_plugin]))
     daemon.start(connect_timeout=10)
     return daemon

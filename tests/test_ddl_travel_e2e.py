@@ -32,7 +32,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from collective.fleet import fleet_down, fleet_up
+from collective.fleet import add_broker_login, fleet_down, fleet_up
 from collective.testing import require
 
 STATES = {"node-001": 0, "node-002": 1, "node-003": 2, "node-004": 0, "node-005": 0}
@@ -307,6 +307,7 @@ def start_node(fleet, identity, site, logs):
     config["identity"] = identity
     config["security"]["private_key"] = f"../../keys/{identity}.key"
     config["facts"]["static"]["hostname"] = identity
+    config["broker"] = add_broker_login(fleet, identity)  # every node logs in as itself
     config.update(nrpe_settings(directory, identity))
     shutil.copy(directory / "nodes" / "node-001" / "classes.txt", node_dir / "classes.txt")
     (node_dir / "server.yaml").write_text(yaml.safe_dump(config))

@@ -129,13 +129,13 @@ def test_no_results_prints_the_request_id_and_the_action_runs(fleet):
 
 def test_reply_to_sends_replies_to_a_collector(fleet):
     collector = subprocess.Popen(
-        [sys.executable, "-m", "collective", "replies", "mcollective.reply.job1", "--count", "2", "-t", "20",
+        [sys.executable, "-m", "collective", "replies", "mcollective.reply.admin.job1", "--count", "2", "-t", "20",
          "-c", str(fleet.client_config)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         time.sleep(1.5)  # let the collector subscribe first
         code, out, _ = mco(fleet, "rpc", "canary", "run", "marker=replyto", "-I", "node-001", "-I", "node-003",
-                           "--reply-to", "mcollective.reply.job1")
-        assert code == 0 and "replies to mcollective.reply.job1" in out
+                           "--reply-to", "mcollective.reply.admin.job1")
+        assert code == 0 and "replies to mcollective.reply.admin.job1" in out
         stdout, stderr = collector.communicate(timeout=30)
     finally:
         collector.kill()

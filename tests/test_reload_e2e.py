@@ -85,13 +85,24 @@ from collective.agent import Agent, action
 VERSION = "{version}"
 
 
+def daemon_pid():
+    # the collectived this action runs under (actions run in its worker processes)
+    pid = os.getpid()
+    while pid > 1:
+        cmdline = Path(f"/proc/{{pid}}/cmdline").read_bytes()
+        if b"collective.server.main" in cmdline or b"collectived" in cmdline:
+            return pid
+        pid = int(Path(f"/proc/{{pid}}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    return os.getpid()
+
+
 class Agent{name}(Agent):
     name = "{name}"
 
     @action
     def version(self, request, reply):
         reply["version"] = VERSION
-        reply["pid"] = os.getpid()
+        reply["pid"] = daemon_pid()
 
     @action
     def slow(self, request, reply):
@@ -100,7 +111,7 @@ class Agent{name}(Agent):
         (where / f"slow-{{request.id}}").write_text(VERSION)
         time.sleep(float(request["seconds"]))
         reply["version"] = VERSION
-        reply["pid"] = os.getpid()
+        reply["pid"] = daemon_pid()
 """
 
 

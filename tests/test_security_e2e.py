@@ -1,5 +1,5 @@
 """Negative tests over a real broker: each asserts the action did not run (canary log
-untouched) and that the daemon's counter and audit line say why (THREATS.md §2.1)."""
+untouched) and that the daemon's counter and audit line say why (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import shutil
 import socket
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -51,6 +52,7 @@ class Env:
             "broker": self.broker,
             "security": {"private_key": str(self.keys / f"{NODE}.key"), "trust_dir": str(self.trust)},
             "audit": {"file": str(self.audit)},
+            "authorization": {"provider": "callers", "callers": ["cert=alice", "cert=bob"]},
             "plugins": {"canary": {"log": str(self.canary)}},
         }
         server.update(server_extra or {})
@@ -58,7 +60,10 @@ class Env:
         self.daemon = Daemon(Config(server, kind="server", env={}), pm=pm)
         self.daemon.start(connect_timeout=10)
         self.replies: list[bytes] = []
-        self.reply_dest = Destination.reply("mcollective", "tester.raw")
+        # alice's own reply destination: nodes reply only to the caller's (reply_to_refusal);
+        # one per test: a daemon that stops sends the replies still on their way, and on
+        # RabbitMQ a reply queue outlives its subscriber
+        self.reply_dest = Destination.reply("mcollective", f"alice.raw-{uuid.uuid4().hex[:12]}")
         self.raw = StompConnector(self.client_config("alice"), client_id="raw-publisher")
         self.raw.connect(timeout=10)
         self.raw.subscribe(self.reply_dest, self.replies.append)

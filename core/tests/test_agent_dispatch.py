@@ -1,4 +1,4 @@
-"""Agents and dispatch: the @action allow-list, status codes, authorization (THREATS S6).
+"""Agents and dispatch: the @action allow-list, status codes, authorization (docs/security.md S6).
 
 The ``canary`` agent appends a line to a file for every action that runs, so a
 test can prove that a refused request ran no agent code at all.

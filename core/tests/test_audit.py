@@ -1,4 +1,4 @@
-"""Audit: JSON lines, file mode 0600, append, rotation, failure reporting (THREATS S16, S17)."""
+"""Audit: JSON lines, file mode 0600, append, rotation, failure reporting (docs/security.md S16, S17)."""
 
 from __future__ import annotations
 
@@ -91,8 +91,9 @@ def test_writes_one_sorted_compact_line(tmp_path):
     sink.close()
     text = path.read_text()
     assert text.count("\n") == 1 and text.endswith("\n")
-    assert text == json.dumps(rec, sort_keys=True, separators=(",", ":")) + "\n"
-    assert lines(path) == [rec]
+    chained = {**rec, "prev_sha256": "0" * 64}  # the first line of a chain
+    assert text == json.dumps(chained, sort_keys=True, separators=(",", ":")) + "\n"
+    assert lines(path) == [chained]
 
 
 def test_mode_0600_under_umask_0(tmp_path):
@@ -178,13 +179,15 @@ def test_no_file_is_a_no_op(tmp_path):
 
 
 def test_unwritable_path_raises_and_recovers(tmp_path, caplog):
-    path = tmp_path / "missing-dir" / "audit.jsonl"
+    blocker = tmp_path / "not-a-dir"
+    blocker.write_text("a file where the audit directory should be\n")
+    path = blocker / "audit.jsonl"
     with caplog.at_level(logging.ERROR, logger="collective.audit"):
         sink = JsonlAuditSink(make_config(path))  # does not stop the daemon from starting
     assert "cannot open audit file" in caplog.text
     with pytest.raises(OSError):
         sink.write(sample())
-    path.parent.mkdir()
+    blocker.unlink()  # the directory is created on the next write
     sink.write(sample(request_id="later"))  # retried on the next write
     sink.close()
     assert [r["request_id"] for r in lines(path)] == ["later"]
@@ -275,7 +278,8 @@ def test_audit_log_reports_failure_and_still_writes_others(caplog):
 
 
 def test_audit_log_with_unwritable_jsonl_sink(tmp_path):
-    sink = JsonlAuditSink(make_config(tmp_path / "nosuch" / "audit.jsonl"))
+    (tmp_path / "file").write_text("")
+    sink = JsonlAuditSink(make_config(tmp_path / "file" / "audit.jsonl"))
     log = AuditLog([sink], fail_closed=True)
     assert log.record(sample()) is False
     assert log.failures == 1
@@ -344,11 +348,7 @@ def test_syslog_sink_sends_the_jsonl_line_with_prefix_facility_and_priority(udp_
     sink.write(allow)
     sink.write(deny)
     sink.close()
-    jsonl = JsonlAuditSink(make_config(tmp_path / "audit.jsonl"))
-    jsonl.write(allow)
-    jsonl.write(deny)
-    jsonl.close()
-    expected = (tmp_path / "audit.jsonl").read_text().splitlines()
+    expected = [json.dumps(r, sort_keys=True, separators=(",", ":")) for r in (allow, deny)]
     first, second = (parse_syslog(udp_listener.recv(65536)) for _ in range(2))
     local3 = 19
     assert first == (local3 * 8 + 6, expected[0])  # info

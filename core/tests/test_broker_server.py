@@ -993,12 +993,12 @@ def test_run_broker_sigterm_and_pidfile(tmp_path: Path) -> None:
     pidfile = tmp_path / "broker.pid"
     code = ("import logging, sys; logging.basicConfig(level=logging.INFO);"
             "from collective.broker import run_broker;"
-            f"run_broker('127.0.0.1', {port}, pidfile={str(pidfile)!r})")
+            f"run_broker('127.0.0.1', {port}, pidfile={str(pidfile)!r}, users={{'a': 'b'}})")
     proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
     try:
         wait_for(pidfile.exists, timeout=10)
         assert int(pidfile.read_text()) == proc.pid
-        c = Client(port).connect()
+        c = Client(port, login="a", passcode="b").connect()
         c.subscribe("/topic/x", "1")
         c.send("/topic/x", b"served")
         wait_for(lambda: c.listener.bodies() == [b"served"])

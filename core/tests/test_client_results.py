@@ -1,4 +1,4 @@
-"""Exit codes and statistics of a call (REFERENCE.md §2f)."""
+"""Exit codes and statistics of a call (MCollective's; docs/decisions.md)."""
 
 from __future__ import annotations
 

@@ -373,7 +373,7 @@ def test_compound_through_the_builtin_plugins(public_dir, text, expected):
 
 @pytest.mark.skipif(not os.path.exists("/etc/shadow"), reason="no /etc/shadow here")
 def test_fstat_never_hashes_etc_shadow():
-    """THREATS S7: fstat cannot leak the hash of a file other users cannot read."""
+    """docs/security.md S7: fstat cannot leak the hash of a file other users cannot read."""
     if os.stat("/etc/shadow").st_mode & stat.S_IROTH:
         pytest.skip("/etc/shadow is world-readable on this machine")
     result = fstat("/etc/shadow")
@@ -391,3 +391,44 @@ def test_a_data_plugin_reads_its_agent_settings_from_the_node_config():
     assert DataPlugin.settings(node, "nrpe") == {"data_timeout": 3}
     assert DataPlugin.settings(node, "other") == {}
     assert DataPlugin.settings(object(), "nrpe") == {}
+
+
+# -- before authorization: which plugins a node answers on its receive thread ----------------
+
+def test_only_the_builtins_that_reveal_no_more_than_filters_are_inline():
+    assert {p.name for p in BUILTIN_DATA_PLUGINS if p.inline} == {"fact", "agent", "collective"}
+    assert FstatData.inline is False
+    assert DataPlugin.inline is False  # third-party plugins are deferred unless they say so
+
+
+def test_an_inline_only_resolver_defers_the_others_and_never_calls_them(public_dir):
+    from collective.compound import Deferred
+
+    class Counting(DataPlugin):
+        name = "counting"
+        outputs = {"n": "n"}
+        calls = 0
+
+        def query(self, argument, node):
+            Counting.calls += 1
+            return {"n": 1}
+
+    resolver = DataResolver({"fact": FactData(), "fstat": FstatData(), "counting": Counting()},
+                            Node(), inline_only=True)
+    assert resolver("fact", "role")["value"] == "web"
+    with pytest.raises(Deferred):
+        resolver("fstat", str(public_dir))
+    with pytest.raises(Deferred):
+        resolver("counting", None)
+    assert resolver("nosuch", "x") is None  # unknown: the expression fails, nothing to defer
+    assert Counting.calls == 0 and resolver.calls == [("fact", "role"), ("nosuch", "x")]
+
+
+def test_a_resolver_past_its_deadline_calls_nothing_more():
+    now = [0.0]
+    resolver = DataResolver({"fact": FactData()}, Node(), deadline=1.0, clock=lambda: now[0])
+    assert resolver("fact", "role")["value"] == "web"
+    now[0] = 2.0
+    assert resolver("fact", "index") is None and resolver.exhausted
+    assert resolver("fact", "role")["value"] == "web"  # answered before: cached
+    assert resolver.calls == [("fact", "role")]

@@ -409,6 +409,38 @@ def test_ecma_dollar_translation(pattern, python):
     assert _ecma_to_python(pattern) == python
 
 
+def test_input_patterns_match_in_linear_time(tmp_path):
+    """Inputs are validated before authorization: a backtracking pattern in a DDL must
+    not let crafted data stall the node (docs/security.md S20)."""
+    import time
+
+    doc = base_ddl()
+    doc["actions"][0]["input"]["properties"]["command"].update(pattern="^(a|aa)+$",
+                                                               maxLength=10_000)
+    act = load_file(tmp_path, doc).actions["runcommand"]
+    started = time.monotonic()
+    with pytest.raises(RequestError) as exc:
+        act.validate_input({"command": "a" * 5000 + "!"})
+    assert time.monotonic() - started < 1.0  # Python's re: hours
+    assert exc.value.statuscode == 4 and "should match ^(a|aa)+$" in str(exc.value)
+    assert act.validate_input({"command": "a" * 5000})["command"] == "a" * 5000
+
+
+def test_a_timeout_over_a_day_is_a_ddl_error(tmp_path):
+    doc = base_ddl()
+    doc["metadata"]["timeout"] = 10**30  # would overflow the timed waits of dispatch
+    with pytest.raises(DDLError, match=r"nrpe.json: metadata.timeout: .*86400"):
+        load_file(tmp_path, doc)
+
+
+def test_an_input_pattern_re2_cannot_run_is_a_ddl_error(tmp_path):
+    doc = base_ddl()
+    doc["actions"][0]["input"]["properties"]["command"]["pattern"] = r"^(a)\1$"
+    with pytest.raises(DDLError, match=r"nrpe.json: .*command.pattern: invalid regular "
+                                       r"expression: RE2, the linear-time engine"):
+        load_file(tmp_path, doc)
+
+
 # -- convert_cli -----------------------------------------------------------------------
 
 

@@ -1,4 +1,4 @@
-"""Built-in input formats: allow-lists, with the injection strings of THREATS S8."""
+"""Built-in input formats: allow-lists, with the injection strings of docs/security.md S8."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collective.formats import BUILTIN_FORMATS, Format, format_registry
 
 FORMATS = {f.name: f for f in BUILTIN_FORMATS}
 
-#: THREATS S8: every one of these must be refused by shellsafe, service_name,
+#: docs/security.md S8: every one of these must be refused by shellsafe, service_name,
 #: package_name, identity, hostname, fact_name and the IP formats.
 INJECTIONS = [
     "x; touch /tmp/pwn",

@@ -1,4 +1,4 @@
-"""ReplayGuard: the freshness window and the bounded replay cache (THREATS S2, S3)."""
+"""ReplayGuard: the freshness window and the bounded replay cache (docs/security.md S2, S3)."""
 
 from __future__ import annotations
 
@@ -118,51 +118,101 @@ def test_refused_requests_are_not_recorded(guard):
     guard.check("cert=alice", request_id, ms(NOW), TTL)
 
 
-def test_cache_full_refuses_rather_than_accepts(clock):
+def test_a_full_cache_drops_the_oldest_entry_and_refuses_what_it_forgot(clock):
     guard = ReplayGuard(max_entries=3, skew=SKEW, max_ttl=MAX_TTL, clock=clock)
     ids = [rid() for _ in range(3)]
-    for request_id in ids:
-        guard.check("cert=alice", request_id, ms(NOW), TTL)
-    err = refused(guard, ms(NOW))
-    assert err.reason == "replay_cache_full"
-    # the remembered entries are still refused as replays, not evicted
-    for request_id in ids:
-        assert refused(guard, ms(NOW), request_id=request_id).reason == "replayed"
-    assert len(guard) == 3
+    for n, request_id in enumerate(ids):
+        guard.check("cert=alice", request_id, ms(NOW) + n, TTL)
+    guard.check("cert=alice", rid(), ms(NOW) + 3, TTL)  # full: the oldest (ids[0]) goes
+    assert len(guard) == 3 and guard.dropped == 1
+    assert guard.floor("cert=alice") == ms(NOW)
+    # the forgotten request is still refused: at or before the floor
+    assert refused(guard, ms(NOW), request_id=ids[0]).reason == "replay_window"
+    for n, request_id in enumerate(ids[1:], 1):
+        assert refused(guard, ms(NOW) + n, request_id=request_id).reason == "replayed"
+    guard.check("cert=alice", rid(), ms(NOW) + 10, TTL)  # fresh requests still run
 
 
-def test_cache_full_evicts_expired_entries(clock):
+def test_expired_entries_go_first(clock):
     guard = ReplayGuard(max_entries=3, skew=SKEW, max_ttl=MAX_TTL, clock=clock)
     guard.check("cert=alice", rid(), ms(NOW), 1)  # deadline NOW + 11
     guard.check("cert=alice", rid(), ms(NOW), TTL)
     guard.check("cert=alice", rid(), ms(NOW), TTL)
-    clock.now = NOW + 1 + SKEW  # the short entry is at its deadline: still kept
-    assert refused(guard, ms(clock.now)).reason == "replay_cache_full"
-    clock.now = NOW + 1 + SKEW + 0.001  # now past it
+    clock.now = NOW + 1 + SKEW + 0.001  # past the short one's deadline
     guard.check("cert=alice", rid(), ms(clock.now), TTL)
-    assert len(guard) == 3
+    assert len(guard) == 3 and guard.dropped == 0 and guard.floor("cert=alice") is None
     clock.now = NOW + TTL + SKEW + 1  # everything from NOW expired
     guard.check("cert=alice", rid(), ms(clock.now), TTL)
     assert len(guard) == 2
 
 
+def test_one_caller_cannot_lock_out_another(clock):
+    """The old cache refused everyone once full (replay_cache_full); now a flood costs
+    only the flooding caller's own old requests."""
+    guard = ReplayGuard(max_entries=100, max_per_caller=10, skew=SKEW, max_ttl=MAX_TTL, clock=clock)
+    admin_ids = [rid() for _ in range(5)]
+    for request_id in admin_ids:
+        guard.check("cert=admin", request_id, ms(NOW), TTL)
+    for n in range(10_000):
+        guard.check("cert=mallory", rid(), ms(NOW) + n, MAX_TTL)
+    assert guard.held("cert=mallory") == 10 and guard.held("cert=admin") == 5
+    guard.check("cert=admin", rid(), ms(NOW), TTL)  # admin is untouched
+    for request_id in admin_ids:
+        assert refused(guard, ms(NOW), caller="cert=admin", request_id=request_id).reason == "replayed"
+    assert guard.floor("cert=admin") is None
+    # mallory's own fresh requests still run; its old ones do not
+    guard.check("cert=mallory", rid(), ms(NOW) + 10_000, TTL)
+    assert refused(guard, ms(NOW), caller="cert=mallory").reason == "replay_window"
+
+
+def test_many_callers_filling_the_cache_evict_the_heaviest(clock):
+    guard = ReplayGuard(max_entries=50, max_per_caller=50, skew=SKEW, max_ttl=MAX_TTL, clock=clock)
+    for n in range(20):
+        guard.check("cert=admin", rid(), ms(NOW) + n, TTL)
+    for caller in range(100):  # 100 keys, 5 requests each: far more than the cache holds
+        for n in range(5):
+            guard.check(f"cert=k{caller}", rid(), ms(NOW) + n, TTL)
+    assert len(guard) == 50
+    guard.check("cert=admin", rid(), ms(NOW) + 30, TTL)  # admin's fresh requests still run
+    guard.check("cert=newcomer", rid(), ms(NOW), TTL)    # and so do everyone's
+
+
 def test_eviction_keeps_replay_protection(clock):
     """Fill and drain the cache many times: no id is ever accepted twice while fresh."""
     guard = ReplayGuard(max_entries=50, skew=SKEW, max_ttl=MAX_TTL, clock=clock)
-    accepted: list[tuple[str, int]] = []
-    for step in range(400):
-        clock.now = NOW + step
+    accepted: list[tuple[str, str, int]] = []
+    for step in range(2000):
+        clock.now = NOW + step / 10
+        caller = f"cert=c{step % 7 if step % 3 else 0}"
         request_id = rid()
-        try:
-            guard.check("cert=alice", request_id, ms(clock.now), 5)
-            accepted.append((request_id, ms(clock.now)))
-        except SecurityError as exc:
-            assert exc.reason == "replay_cache_full"
-        for old_id, t in accepted[-20:]:
+        guard.check(caller, request_id, ms(clock.now), 5)
+        accepted.append((caller, request_id, ms(clock.now)))
+        for old_caller, old_id, t in accepted[-60:]:
             with pytest.raises(SecurityError) as err:
-                guard.check("cert=alice", old_id, t, 5)
-            assert err.value.reason in ("replayed", "expired")
+                guard.check(old_caller, old_id, t, 5)
+            assert err.value.reason in ("replayed", "replay_window", "expired")
     assert len(guard) <= 50
+
+
+def test_floors_survive_export_and_restore(clock):
+    old = ReplayGuard(max_entries=100, max_per_caller=2, skew=SKEW, max_ttl=MAX_TTL, clock=clock)
+    first = rid()
+    old.check("cert=mallory", first, ms(NOW), TTL)
+    old.check("cert=mallory", rid(), ms(NOW) + 1, TTL)
+    old.check("cert=mallory", rid(), ms(NOW) + 2, TTL)  # drops `first`
+    new = ReplayGuard(max_entries=100, max_per_caller=2, skew=SKEW, max_ttl=MAX_TTL, clock=clock)
+    assert new.restore(old.export()) == 2
+    assert refused(new, ms(NOW), caller="cert=mallory", request_id=first).reason == "replay_window"
+    # a handover from an image without floors (3-tuples of entries only) still restores
+    older = ReplayGuard(clock=clock)
+    assert older.restore([("cert=a", "b" * 32, ms(NOW) + 60_000)]) == 1
+    assert refused(older, ms(NOW), caller="cert=a", request_id="b" * 32).reason == "replayed"
+
+
+def test_per_caller_default_is_a_tenth():
+    assert ReplayGuard(max_entries=100_000).max_per_caller == 10_000
+    assert ReplayGuard(max_entries=100).max_per_caller == 16
+    assert ReplayGuard(max_entries=8).max_per_caller == 8
 
 
 @given(offset=st.integers(min_value=-(TTL + SKEW) * 1000 - 5000, max_value=SKEW * 1000 + 5000),
@@ -217,3 +267,5 @@ def test_invalid_parameters():
         ReplayGuard(max_entries=0)
     with pytest.raises(ValueError):
         ReplayGuard(skew=-1)
+    with pytest.raises(ValueError):
+        ReplayGuard(max_per_caller=0)

@@ -1,4 +1,4 @@
-"""Wire format: canonical JSON, the strict parser (THREATS S12) and the envelopes."""
+"""Wire format: canonical JSON, the strict parser (docs/security.md S12) and the envelopes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The built-in rpcutil agent, through AgentHost with a StaticNode (THREATS S19 included)."""
+"""The built-in rpcutil agent, through AgentHost with a StaticNode (docs/security.md S19 included)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Security providers: real Ed25519 and HMAC, identity binding, trust store, key files.
 
-THREATS §2.1 rows S1 (forged caller), S4 (tampering), S5 (unknown/revoked keys, no
+docs/security.md rows S1 (forged caller), S4 (tampering), S5 (unknown/revoked keys, no
 learning), S10 (traversal names), S13 (node keys cannot sign requests), S14 (reply
 forgery) and S16 (secret file modes). No crypto is mocked.
 """
@@ -656,10 +656,28 @@ def test_insecure_trust_dir_refused(pki):
     assert exc.value.reason == "insecure_file" and "0777" in str(exc.value)
 
 
-def test_group_writable_public_key_is_ignored(pki):
-    os.chmod(pki.trust / "clients" / "alice.pub", 0o666)
+@pytest.mark.parametrize("mode", [0o666, 0o664, 0o646])
+def test_a_public_key_others_may_write_is_refused_by_name(pki, mode, caplog):
+    path = pki.trust / "clients" / "alice.pub"
+    os.chmod(path, mode)
     node = pki.node()
     assert "alice" not in {k.name for k in node.trusted.values()}
+    assert f"trusted key {path} has mode {mode:04o}" in caplog.text
+
+
+def test_a_public_key_or_trust_dir_owned_by_another_user_is_refused(pki, caplog):
+    if os.geteuid() != 0:
+        pytest.fail("changing a file's owner needs root (the tests run as root in CI)")
+    key = pki.trust / "clients" / "alice.pub"
+    os.chown(key, 65534, 65534)
+    node = pki.node()
+    assert "alice" not in {k.name for k in node.trusted.values()}
+    assert f"trusted key {key} is owned by uid 65534" in caplog.text
+    os.chown(key, 0, 0)
+    os.chown(pki.trust / "clients", 65534, 65534)
+    with pytest.raises(SecurityError) as exc:
+        pki.node()
+    assert exc.value.reason == "insecure_file" and "is owned by uid 65534" in str(exc.value)
 
 
 def test_missing_configuration(pki, tmp_path):

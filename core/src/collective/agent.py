@@ -4,7 +4,7 @@ request and reply objects, and the exceptions that become reply status codes.
 Only methods marked :func:`action` can be dispatched; the marks form an
 allow-list, so helpers, dunders and ``_private`` methods are never remotely
 callable (MCollective dispatched with ``send("#{action}_action")``, Salt
-CVE-2020-11651 dispatched by name; see THREATS S6).
+CVE-2020-11651 dispatched by name; see docs/security.md S6).
 
 Status codes (MCollective ``simplerpc/clients.md``, Choria ``mcorpc.go``)::
 

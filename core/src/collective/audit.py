@@ -1,4 +1,4 @@
-"""The audit log: one JSON line per request that reaches authorization (THREATS S17).
+"""The audit log: one JSON line per request that reaches authorization (docs/security.md S17).
 
 Records are built with :func:`audit_record` and written by :class:`AuditLog` to
 every configured sink (hook ``collective_audit_sinks``, config ``audit.sinks``).
@@ -25,6 +25,8 @@ import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
+
+from .auditchain import GENESIS, last_line_hash, line_hash
 
 __all__ = ["DECISIONS", "AuditLog", "JsonlAuditSink", "SyslogAuditSink", "audit_record",
            "canonical_json", "data_sha256", "parse_syslog_address"]
@@ -98,6 +100,38 @@ def _now() -> float:
     return time.time()
 
 
+class RateLimit:
+    """A token bucket: at most ``rate`` events a second, in bursts of ``burst``.
+
+    Used for audit lines of discovery pings, which anyone with a trusted key may send
+    as often as it likes: :meth:`take` says whether this one is written, and how many
+    were left out since the last one written (that line records the number).
+    """
+
+    def __init__(self, rate: float, burst: float | None = None,
+                 clock: Any = time.monotonic) -> None:
+        self.rate = float(rate)
+        self.burst = float(burst if burst is not None else max(1.0, rate * 10))
+        self._clock = clock
+        self._tokens = self.burst
+        self._stamp = clock()
+        self._skipped = 0
+        self._lock = threading.Lock()
+
+    def take(self) -> tuple[bool, int]:
+        """``(write it, events left out before it)``; never blocks."""
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(self.burst, self._tokens + (now - self._stamp) * self.rate)
+            self._stamp = now
+            if self.rate <= 0 or self._tokens < 1.0:
+                self._skipped += 1
+                return False, self._skipped
+            self._tokens -= 1.0
+            skipped, self._skipped = self._skipped, 0
+            return True, skipped
+
+
 class JsonlAuditSink:
     """Appends one JSON line per record to ``audit.file``.
 
@@ -107,8 +141,14 @@ class JsonlAuditSink:
     0600 with a warning. Each line is written with unbuffered ``os.write``, so
     it has reached the kernel when :meth:`write` returns.
 
-    When ``audit.file`` is not set the sink writes nothing (``write`` is a
-    no-op that succeeds), so ``fail_closed`` cannot trigger through it.
+    Each line carries ``prev_sha256``, the hash of the line before it
+    (:mod:`collective.auditchain`), so an edited, inserted or removed line is found
+    by ``mco audit verify``; the chain goes on from the last line of an existing file,
+    and across a reopen into a new, empty file (log rotation). One writer per file.
+
+    A node writes ``/var/log/collective/audit.jsonl`` unless ``audit.file`` says
+    otherwise; with ``audit.file: null`` the sink writes nothing (``write`` is a
+    no-op that succeeds, and a warning says so at start).
 
     A file that cannot be opened at start is logged, not fatal: the daemon must
     still answer ``rpcutil ping``. Every :meth:`write` then retries the open and
@@ -124,8 +164,10 @@ class JsonlAuditSink:
         self._fd: int | None = None
         self._closed = False
         self._reopen_wanted = False
+        #: the hash the next line is chained to (None until a file was opened)
+        self._prev: str | None = None
         if self.path is None:
-            log.info("audit.file is not set: the jsonl audit sink writes nothing")
+            log.warning("audit.file is null: the jsonl audit sink writes no audit log")
             return
         try:
             self._open()
@@ -135,7 +177,11 @@ class JsonlAuditSink:
     # -- file handling -------------------------------------------------------------
     def _open(self) -> None:
         assert self.path is not None
-        flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+        parent = os.path.dirname(self.path)
+        if parent and not os.path.isdir(parent):
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+        # read-write, to find the hash of the last line the chain goes on from
+        flags = os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
         fd = os.open(self.path, flags, 0o600)
         try:
             st = os.fstat(fd)
@@ -143,9 +189,14 @@ class JsonlAuditSink:
                 log.warning("audit file %s had mode %o; setting 0600", self.path,
                             st.st_mode & 0o777)
                 os.fchmod(fd, 0o600)
+            tail = last_line_hash(fd)
         except OSError:
             os.close(fd)
             raise
+        if tail is not None:
+            self._prev = tail
+        elif self._prev is None:
+            self._prev = GENESIS
         self._fd = fd
 
     def _close_fd(self) -> None:
@@ -161,7 +212,6 @@ class JsonlAuditSink:
         """Append ``record`` as one line; raise :class:`OSError` if it cannot be written."""
         if self.path is None:
             return
-        line = _json_line(record).encode("utf-8") + b"\n"
         with self._lock:
             if self._closed:
                 raise OSError(errno.EBADF, "audit sink is closed", self.path)
@@ -170,13 +220,16 @@ class JsonlAuditSink:
                 self._close_fd()
             if self._fd is None:
                 self._open()
-            assert self._fd is not None
+            assert self._fd is not None and self._prev is not None
+            body = _json_line({**record, "prev_sha256": self._prev}).encode("utf-8")
+            line = body + b"\n"
             view = memoryview(line)
             while view:
                 written = os.write(self._fd, view)
                 if written <= 0:  # pragma: no cover - defensive
                     raise OSError(errno.EIO, "short write to audit file", self.path)
                 view = view[written:]
+            self._prev = line_hash(body)
 
     def reopen(self) -> None:
         """Close and reopen the path (log rotation: SIGHUP or SIGUSR1).

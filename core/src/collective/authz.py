@@ -4,7 +4,7 @@ An authorizer (registered with the ``collective_authorizers`` hook) is
 constructed with the daemon config and has ``authorize(ctx: AuthzContext) ->
 Decision``. The daemon calls it after DDL validation and before the action, on
 every request; a denied request gets status 1 and an audit line ``deny``
-(THREATS S6). ``ctx.data_resolver`` answers data plugin calls such as
+(docs/security.md S6). ``ctx.data_resolver`` answers data plugin calls such as
 ``fstat("/etc/hosts")`` for policies that use them (cached per request).
 """
 
@@ -18,7 +18,7 @@ from typing import Any
 #: ``fstat("/etc/hosts")`` (a :class:`collective.data.DataResolver`).
 DataResolverFn = Callable[[str, str | None], Mapping[str, Any] | None]
 
-__all__ = ["AuthzContext", "DataResolverFn", "Decision"]
+__all__ = ["AuthzContext", "CallerAllowList", "DataResolverFn", "Decision", "DenyUnconfigured"]
 
 
 @dataclass(frozen=True)
@@ -59,3 +59,37 @@ class Decision:
     @classmethod
     def deny(cls, reason: str, rule: str | None = None) -> Decision:
         return cls(False, reason, rule)
+
+
+class DenyUnconfigured:
+    """What a node without ``authorization.provider`` uses: deny every request, so a
+    fresh install allows nothing until a policy says so (``authorization.allow_unconfigured:
+    true`` turns this off, loudly)."""
+
+    name = "deny_unconfigured"
+    REASON = ("no authorization configured: default deny (set authorization.provider, or "
+              "authorization.allow_unconfigured: true)")
+
+    def authorize(self, ctx: AuthzContext) -> Decision:
+        return Decision.deny(self.REASON)
+
+
+class CallerAllowList:
+    """``authorization: {provider: callers, callers: [cert=admin, ...]}``: the listed
+    callers may call every agent and action, everyone else nothing.
+
+    For small fleets and the local fleet of ``mco fleet up``; per-agent, per-action and
+    per-fact rules need a policy provider such as ``actionpolicy``
+    (collective-auth-actionpolicy).
+    """
+
+    name = "callers"
+
+    def __init__(self, config: Any) -> None:
+        callers = config.get("authorization.callers") or []
+        self.callers = frozenset(str(c) for c in callers)
+
+    def authorize(self, ctx: AuthzContext) -> Decision:
+        if ctx.caller in self.callers:
+            return Decision.allow("caller in authorization.callers")
+        return Decision.deny("caller not in authorization.callers")

@@ -66,3 +66,10 @@ def collective_data_plugins() -> list[Any]:
     from .data import BUILTIN_DATA_PLUGINS
 
     return list(BUILTIN_DATA_PLUGINS)
+
+
+@hookimpl
+def collective_authorizers() -> list[type]:
+    from .authz import CallerAllowList
+
+    return [CallerAllowList]

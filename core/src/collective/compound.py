@@ -8,7 +8,7 @@ small AST of frozen dataclasses and evaluated by walking it. Nothing is ever
 ``eval``-ed, and the wire form stays the text: every node re-parses it with this
 module.
 
-Grammar (REFERENCE.md §2a; precedence ``not`` > ``and`` > ``or``, as Ruby's
+Grammar (MCollective 2.x; precedence ``not`` > ``and`` > ``or``, as Ruby's
 ``!``/``&&``/``||`` gave MCollective)::
 
     expr      := conj { "or" conj }
@@ -37,8 +37,8 @@ Rules, with the places where this differs from (or pins down) MCollective:
   negated regex match (MCollective did that for functions only, and compared a
   fact literally with the string ``"/re/"``); with ``< > <= >=`` it stays a
   literal string. ``=~`` also takes a regex without slashes (``index=~^4``).
-  Regexes go through :func:`collective.filters.compile_regex`: at most 256
-  characters, nested quantifiers such as ``(a+)+`` refused.
+  Regexes go through :func:`collective.filters.filter_regex`: RE2 (linear-time
+  matching, so ``(a+)+`` is harmless), at most 256 characters.
 * Fact and class statements match exactly like ``-F`` and ``-C``
   (:mod:`collective.filters`): typed int/float/string comparison, list facts
   match when any element does, a missing fact never matches. ``!=/re/`` on a
@@ -57,7 +57,15 @@ Rules, with the places where this differs from (or pins down) MCollective:
   keeps ``not nosuch('x')`` from matching every node, as in MCollective.
 * Limits: at most :data:`MAX_CHARS` characters, :data:`MAX_DEPTH` levels of
   parentheses and ``not``, :data:`MAX_NODES` AST nodes. Every problem raises
-  :class:`FilterSyntaxError`, nothing else.
+  :class:`FilterSyntaxError`, nothing else. A filter's caps on terms, regexes and
+  data plugin calls (:meth:`collective.filters.Filter.validate`) count
+  :func:`expression_cost`; evaluation on a node spends a
+  :class:`~collective.filters.Budget`.
+* Data plugins on a node: :func:`evaluate3` treats a call the resolver defers
+  (raises :class:`Deferred`) as *unknown*, with Kleene's three-valued logic
+  (``unknown and false`` is false, ``unknown or true`` is true), so a node can
+  tell whether the rest of the filter decides without calling the plugin. A data
+  plugin is only called when it is needed.
 * When :func:`parse` is given the known functions (the client passes the data
   plugin registry), an unknown function, an unknown field or an argument the
   plugin refuses is a syntax error, so nothing is sent.
@@ -74,14 +82,17 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from .filters import (
+    UNLIMITED,
+    Budget,
+    FilterBudgetExceeded,
     FilterError,
     NodeInfo,
     _compare,
     _is_regex,
     _match_name,
     _strip_slashes,
-    compile_regex,
-    fact_values,
+    _values,
+    filter_regex,
 )
 
 log = logging.getLogger(__name__)
@@ -89,7 +100,9 @@ log = logging.getLogger(__name__)
 __all__ = [
     "And",
     "ClassMatch",
+    "Deferred",
     "Expr",
+    "ExprCost",
     "FactCmp",
     "FilterSyntaxError",
     "FuncCall",
@@ -101,6 +114,8 @@ __all__ = [
     "compare_value",
     "describe",
     "evaluate",
+    "evaluate3",
+    "expression_cost",
     "expression_functions",
     "parse",
     "render",
@@ -283,7 +298,7 @@ class _Scanner:
 
     def compile(self, pattern: str, start: int, length: int) -> None:
         try:
-            compile_regex(pattern)
+            filter_regex(pattern)
         except FilterError as exc:
             raise self.error(str(exc), start, length) from None
 
@@ -567,6 +582,46 @@ def expression_functions(expr: Expr) -> set[str]:
     return set()
 
 
+@dataclass(frozen=True)
+class ExprCost:
+    """What an expression costs (:func:`expression_cost`)."""
+
+    #: statements: fact comparisons, classes and function calls
+    terms: int
+    #: the regular expressions it uses, without slashes, one per use
+    regexes: tuple[str, ...]
+    #: distinct data plugin calls: ``(function, arguments)``
+    calls: frozenset[tuple[str, tuple[str, ...]]]
+
+
+def expression_cost(expr: Expr) -> ExprCost:
+    """Count the statements, regexes and distinct data plugin calls of ``expr``."""
+    terms = 0
+    regexes: list[str] = []
+    calls: set[tuple[str, tuple[str, ...]]] = set()
+    stack: list[Expr] = [expr]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, FactCmp):
+            terms += 1
+            if item.op in ("=~", "!~"):
+                regexes.append(_strip_slashes(item.value))
+        elif isinstance(item, ClassMatch):
+            terms += 1
+            if _is_regex(item.name):
+                regexes.append(_strip_slashes(item.name))
+        elif isinstance(item, FuncCall):
+            terms += 1
+            calls.add((item.name, item.args))
+            if item.op in ("=~", "!~") and item.value is not None:
+                regexes.append(_strip_slashes(item.value))
+        elif isinstance(item, Not):
+            stack.append(item.expr)
+        elif isinstance(item, (And, Or)):
+            stack.extend(item.items)
+    return ExprCost(terms, tuple(regexes), frozenset(calls))
+
+
 def _op_text(op: str, value: str | None) -> str:
     """The operator as written before ``value`` (a space keeps ``<`` + ``=x`` apart)."""
     text = {"!~": "!=", "==": "="}.get(op, op)
@@ -643,6 +698,12 @@ class _Unresolvable(Exception):
     """The whole expression cannot be evaluated on this node: it does not match."""
 
 
+class Deferred(Exception):  # noqa: N818 - a signal, not an error
+    """Raised by a resolver for a data plugin call it will not answer now (the node's
+    receive thread defers every plugin that may be slow or reveal more than facts):
+    :func:`evaluate3` counts the statement as unknown."""
+
+
 _INT_TEXT = re.compile(r"[+-]?[0-9]+")
 _FLOAT_TEXT = re.compile(r"[+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 _APPLY: dict[str, Callable[[Any, Any], Any]] = {
@@ -660,7 +721,8 @@ def _number(text: str) -> int | float:
     raise _Unresolvable(f"invalid numeric value: {text}")
 
 
-def compare_value(value: Any, op: str | None, wanted: str | None) -> bool:
+def compare_value(value: Any, op: str | None, wanted: str | None,
+                  budget: Budget = UNLIMITED) -> bool:
     """Compare a data plugin result with MCollective's typing rules (module docstring).
 
     :raises _Unresolvable: (internal) when ``wanted`` cannot be converted to the
@@ -678,8 +740,9 @@ def compare_value(value: Any, op: str | None, wanted: str | None) -> bool:
         if not isinstance(value, str):
             log.debug("cannot match a regular expression against a %s", type(value).__name__)
             return False
-        found = compile_regex(_strip_slashes(wanted)).search(value) is not None
+        found = budget.search(filter_regex(_strip_slashes(wanted)), value)
         return found if op == "=~" else not found
+    budget.step()
     if isinstance(value, bool):
         text = wanted.strip()
         if text not in ("true", "false"):
@@ -693,11 +756,12 @@ def compare_value(value: Any, op: str | None, wanted: str | None) -> bool:
     return False
 
 
-def _call(expr: FuncCall, node: NodeInfo) -> bool:
+def _call(expr: FuncCall, node: NodeInfo, budget: Budget) -> bool:
     data = node.data
     if data is None:
         raise _Unresolvable(f"{expr.name}(): this node has no data plugins")
     result = data(expr.name, expr.args[0] if expr.args else None)
+    budget.check()  # a plugin call is not a comparison: it may take a while
     if result is None:
         raise _Unresolvable(f"data plugin '{expr.name}' is unknown or failed")
     field = expr.field or getattr(result, "default_output", None)
@@ -709,40 +773,98 @@ def _call(expr: FuncCall, node: NodeInfo) -> bool:
         value = result[field]
     else:
         raise _Unresolvable(f"data plugin '{expr.name}' has no output '{field}'")
-    return compare_value(value, expr.op, expr.value)
+    return compare_value(value, expr.op, expr.value, budget)
 
 
-def _eval(expr: Expr, node: NodeInfo) -> bool:
+def _leaf(expr: FactCmp | ClassMatch, node: NodeInfo, budget: Budget) -> bool:
     if isinstance(expr, FactCmp):
-        values = fact_values(node.facts, expr.fact)
+        values = _values(node, expr.fact, budget)
         if values is None:
             return False
         if expr.op == "!~":
-            regex = compile_regex(_strip_slashes(expr.value))
-            return any(regex.search(v) is None for v in values)
-        return any(_compare(v, expr.op, expr.value) for v in values)
-    if isinstance(expr, ClassMatch):
-        return _match_name(expr.name, list(node.classes))
+            regex = filter_regex(_strip_slashes(expr.value))
+            return any(not budget.search(regex, v) for v in values)
+        return any(_compare(v, expr.op, expr.value, budget) for v in values)
+    classes = budget.memo.get("classes") if budget.memo is not None else None
+    if classes is None:
+        classes = frozenset(node.classes)
+        budget.step(len(classes))
+        if budget.memo is not None:
+            budget.memo["classes"] = classes
+    return _match_name(expr.name, classes, budget)
+
+
+def _eval(expr: Expr, node: NodeInfo, budget: Budget) -> bool:
+    if isinstance(expr, (FactCmp, ClassMatch)):
+        return _leaf(expr, node, budget)
     if isinstance(expr, FuncCall):
-        return _call(expr, node)
+        return _call(expr, node, budget)
     if isinstance(expr, Not):
-        return not _eval(expr.expr, node)
+        return not _eval(expr.expr, node, budget)
     if isinstance(expr, And):
-        return all(_eval(item, node) for item in expr.items)
+        return all(_eval(item, node, budget) for item in expr.items)
     if isinstance(expr, Or):
-        return any(_eval(item, node) for item in expr.items)
+        return any(_eval(item, node, budget) for item in expr.items)
     raise TypeError(f"not a compound expression: {expr!r}")
 
 
-def evaluate(expr: Expr, node: NodeInfo) -> bool:
+def _eval3(expr: Expr, node: NodeInfo, budget: Budget) -> bool | None:
+    """Kleene's three-valued :func:`_eval`: None for unknown (a deferred call)."""
+    if isinstance(expr, (FactCmp, ClassMatch)):
+        return _leaf(expr, node, budget)
+    if isinstance(expr, FuncCall):
+        try:
+            return _call(expr, node, budget)
+        except Deferred:
+            return None
+    if isinstance(expr, Not):
+        inner = _eval3(expr.expr, node, budget)
+        return None if inner is None else not inner
+    if isinstance(expr, And):
+        unknown = False
+        for item in expr.items:
+            result = _eval3(item, node, budget)
+            if result is False:
+                return False
+            unknown = unknown or result is None
+        return None if unknown else True
+    if isinstance(expr, Or):
+        unknown = False
+        for item in expr.items:
+            result = _eval3(item, node, budget)
+            if result is True:
+                return True
+            unknown = unknown or result is None
+        return None if unknown else False
+    raise TypeError(f"not a compound expression: {expr!r}")
+
+
+def evaluate(expr: Expr, node: NodeInfo, budget: Budget | None = None) -> bool:
     """Does ``node`` match ``expr``? Never raises for a parsed expression: an
     unknown function, a failing data plugin or a right side of the wrong type
-    makes the whole expression not match (and is logged)."""
+    makes the whole expression not match (and is logged).
+
+    :raises FilterBudgetExceeded: ``budget`` ran out (the caller counts it)
+    """
     try:
-        return _eval(expr, node)
-    except _Unresolvable as exc:
+        return _eval(expr, node, budget or UNLIMITED)
+    except FilterBudgetExceeded:
+        raise
+    except (_Unresolvable, FilterError) as exc:
         log.warning("compound filter does not match on %s: %s", node.identity, exc)
         return False
-    except FilterError as exc:
+
+
+def evaluate3(expr: Expr, node: NodeInfo, budget: Budget | None = None) -> bool | None:
+    """:func:`evaluate` in three-valued logic: None when the answer depends on a data
+    plugin call that ``node.data`` deferred (see the module docstring).
+
+    :raises FilterBudgetExceeded: ``budget`` ran out
+    """
+    try:
+        return _eval3(expr, node, budget or UNLIMITED)
+    except FilterBudgetExceeded:
+        raise
+    except (_Unresolvable, FilterError) as exc:
         log.warning("compound filter does not match on %s: %s", node.identity, exc)
         return False

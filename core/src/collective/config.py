@@ -31,6 +31,14 @@ _str = {"type": "string"}
 _name = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"}
 
 
+#: the largest ``security.ttl`` / ``security.max_ttl`` any config may set, in seconds
+MAX_TTL_BOUND = 3600
+#: the largest ``security.skew`` any config may set, in seconds
+MAX_SKEW_BOUND = 300
+#: where a node writes its audit log unless ``audit.file`` says otherwise (``null``: nowhere)
+DEFAULT_AUDIT_FILE = "/var/log/collective/audit.jsonl"
+
+
 def _obj(props: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"type": "object", "properties": props, "additionalProperties": False, **extra}
 
@@ -55,6 +63,8 @@ SCHEMA: dict[str, Any] = _obj(
                 "connect_timeout": _num,
                 "publish_timeout": _num,
                 "reconnect_max": _num,
+                # most unacknowledged messages per subscription of a node (0: no bound)
+                "prefetch": {"type": "integer", "minimum": 0, "maximum": 10000},
                 "tls": _obj(
                     {
                         "enabled": _bool,
@@ -73,9 +83,11 @@ SCHEMA: dict[str, Any] = _obj(
                 "private_key": _path,
                 "trust_dir": _path,
                 "psk_file": _path,
-                "ttl": {"type": "integer", "minimum": 1},
-                "max_ttl": {"type": "integer", "minimum": 1},
-                "skew": {"type": "integer", "minimum": 0},
+                # upper bounds: a request may not stay valid (or be accepted early) for
+                # longer than an hour, whatever a config says (docs/security.md, S3)
+                "ttl": {"type": "integer", "minimum": 1, "maximum": MAX_TTL_BOUND},
+                "max_ttl": {"type": "integer", "minimum": 1, "maximum": MAX_TTL_BOUND},
+                "skew": {"type": "integer", "minimum": 0, "maximum": MAX_SKEW_BOUND},
                 "replay_cache": {"type": "integer", "minimum": 16},
                 "max_request_bytes": {"type": "integer", "minimum": 1024},
             }
@@ -89,12 +101,20 @@ SCHEMA: dict[str, Any] = _obj(
             }
         ),
         "classes_file": _path,
-        "authorization": _obj({"provider": {"type": ["string", "null"]}}),
+        "authorization": _obj({
+            "provider": {"type": ["string", "null"]},
+            # without a provider every request is denied unless this is set (loudly)
+            "allow_unconfigured": _bool,
+            # provider "callers": the callers allowed every agent and action
+            "callers": {"type": "array", "items": _str},
+        }),
         "audit": _obj(
             {
                 "sinks": {"type": "array", "items": _str},
                 "file": _path,
                 "fail_closed": _bool,
+                # audit lines for discovery pings, per second (bursts of 10x); 0: none
+                "discovery_rate": {"type": "number", "minimum": 0},
                 # the syslog sink: a unix socket path, or host:port for UDP
                 "syslog_address": _str,
                 "syslog_facility": {"enum": [
@@ -108,6 +128,15 @@ SCHEMA: dict[str, Any] = _obj(
                 "max_queued": {"type": "integer", "minimum": 1},
                 "pidfile": _path,
                 "registration_interval": {"type": "integer", "minimum": 0},
+                # -- worker processes (server/workers.py) --
+                # where actions run: worker processes (stopped at their timeout) or, for
+                # embedding and debugging only, threads of the daemon (never stopped)
+                "workers": {"enum": ["processes", "threads"]},
+                # worker processes started with the daemon (more are forked on demand, up
+                # to max_concurrent)
+                "min_workers": {"type": "integer", "minimum": 0},
+                # SIGTERM: seconds in-flight actions may take to finish and reply
+                "stop_grace": {"type": "number", "minimum": 0, "maximum": 3600},
             }
         ),
         "discovery": _obj({
@@ -148,6 +177,7 @@ DEFAULTS: dict[str, Any] = {
         "connect_timeout": 5.0,
         "publish_timeout": 5.0,
         "reconnect_max": 30.0,
+        "prefetch": 8,
         "tls": {"enabled": False, "verify": True},
     },
     "security": {
@@ -159,10 +189,11 @@ DEFAULTS: dict[str, Any] = {
         "max_request_bytes": 512 * 1024,
     },
     "facts": {"sources": ["static"], "files": [], "static": {}, "refresh": 1.0},
-    "authorization": {"provider": None},
+    "authorization": {"provider": None, "allow_unconfigured": False, "callers": []},
     "audit": {"sinks": ["jsonl"], "fail_closed": False, "syslog_address": "/dev/log",
-              "syslog_facility": "authpriv"},
-    "server": {"max_concurrent": 8, "max_queued": 256, "registration_interval": 0},
+              "syslog_facility": "authpriv", "discovery_rate": 5.0},
+    "server": {"max_concurrent": 8, "max_queued": 256, "registration_interval": 0,
+               "workers": "processes", "min_workers": 1, "stop_grace": 10.0},
     "discovery": {"timeout": 2.0, "method": "broadcast", "inventory": None, "stale_after": None},
     "rpc": {"timeout": None},
     "ddl": {"fetch": True, "cache_dir": None, "cache_ttl": 3600, "fetch_timeout": 2.0},
@@ -253,6 +284,8 @@ class Config:
         raw = _merge(raw, _env_overrides(env if env is not None else os.environ))
         _validate(raw, source)
         merged = _merge(DEFAULTS, raw)
+        if kind == "server" and "file" not in raw.get("audit", {}):
+            merged["audit"]["file"] = DEFAULT_AUDIT_FILE
         if not merged.get("main_collective"):
             merged["main_collective"] = merged["collectives"][0]
         if merged["main_collective"] not in merged["collectives"]:
@@ -315,19 +348,29 @@ class Config:
         return f"Config(kind={self.kind!r}, path={str(self.path) if self.path else None!r})"
 
 
-def _validate(raw: Mapping[str, Any], source: str) -> None:
+def schema_problem(schema: Mapping[str, Any], data: Any) -> str | None:
+    """The first problem of ``data`` against the JSON Schema ``schema``, as
+    ``"dotted.key: message"`` (``"key: unknown key"`` for one the schema does not
+    know), or None; for config files, whose errors name the key."""
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(SCHEMA)
-    errors = sorted(validator.iter_errors(raw), key=lambda e: list(e.absolute_path))
-    if errors:
-        err = errors[0]
-        key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
-        if err.validator == "additionalProperties":
-            unknown = sorted(set(err.instance) - set(err.schema.get("properties", {})))
-            key = ".".join([*map(str, err.absolute_path), unknown[0]]) if unknown else key
-            raise ConfigError(f"{source}: {key}: unknown key")
-        raise ConfigError(f"{source}: {key}: {err.message}")
+    validator = jsonschema.Draft202012Validator(schema)
+    errors = sorted(validator.iter_errors(data), key=lambda e: list(e.absolute_path))
+    if not errors:
+        return None
+    err = errors[0]
+    key = ".".join(str(p) for p in err.absolute_path) or "(top level)"
+    if err.validator == "additionalProperties":
+        unknown = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        key = ".".join([*map(str, err.absolute_path), unknown[0]]) if unknown else key
+        return f"{key}: unknown key"
+    return f"{key}: {err.message}"
+
+
+def _validate(raw: Mapping[str, Any], source: str) -> None:
+    problem = schema_problem(SCHEMA, raw)
+    if problem is not None:
+        raise ConfigError(f"{source}: {problem}")
 
 
 def find_config(kind: Kind, explicit: str | Path | None = None) -> Path | None:

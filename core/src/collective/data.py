@@ -12,6 +12,16 @@ arguments before anything is sent (:func:`collective.compound.parse` with
 each ``(plugin, argument)`` at most once per message and turns every failure
 into "no match".
 
+Data plugins in a request's filter run before the request is authorized, so a
+node runs them only for a caller its authorizer lets do what the request asks
+(``discovery ping`` for a discovery request), never on its receive thread, and
+within a time budget (:mod:`collective.server.prefilter`). A denied caller gets
+no answer at all from a node whose match depends on a data plugin, so even
+``fstat('/root/secret').size>100`` tells it nothing. Only plugins marked
+:attr:`DataPlugin.inline` (cheap, never blocking, and revealing no more than the
+facts, agents and collectives filters already see: the built-in ``fact``,
+``agent`` and ``collective``) are answered on the receive thread for anyone.
+
 Built-ins: ``fstat(path)``, ``fact(path)``, ``agent(name)``, ``collective(name)``.
 """
 
@@ -23,9 +33,10 @@ import os
 import re
 import stat
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
+from .compound import Deferred
 from .filters import _MISSING, _lookup, _render
 
 log = logging.getLogger(__name__)
@@ -64,6 +75,11 @@ class DataPlugin:
     outputs: ClassVar[dict[str, str]] = {}
     #: the output used when the expression names no ``.field``
     default_output: ClassVar[str | None] = None
+    #: answer filters on the node's receive thread, for every caller, before
+    #: authorization: only for a plugin that is cheap, never blocks and reveals nothing
+    #: beyond the node's facts, agents and collectives (which plain filters see
+    #: anyway). False (the default) defers the plugin until the caller is authorized.
+    inline: ClassVar[bool] = False
 
     @classmethod
     def validate(cls, argument: str | None) -> None:
@@ -124,18 +140,48 @@ class DataResolver:
 
     Results are cached for the resolver's life (one message). Unknown plugins,
     refused arguments, exceptions and non-mapping results give None (the
-    expression then does not match) and a log line; nothing raises.
+    expression then does not match) and a log line; nothing else raises.
+
+    :param inline_only: raise :class:`collective.compound.Deferred` for every known
+        plugin that is not :attr:`DataPlugin.inline` (the node's receive thread)
+    :param deadline: a ``clock()`` time after which no further plugin is called (each
+        then answers None and :attr:`exhausted` is set)
     """
 
-    def __init__(self, plugins: Mapping[str, Any], node: Any) -> None:
+    def __init__(self, plugins: Mapping[str, Any], node: Any, *, inline_only: bool = False,
+                 deadline: float | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.plugins = plugins
         self.node = node
+        self.inline_only = inline_only
+        self.deadline = deadline
+        self.clock = clock
+        #: True once a call was refused because the deadline had passed
+        self.exhausted = False
+        #: the plugin calls made (not the cached answers), for counters and tests
+        self.calls: list[tuple[str, str | None]] = []
+        #: CPU seconds of this thread spent inside plugin calls (bounded by ``deadline``,
+        #: not by the filter's own CPU budget)
+        self.cpu_in_calls = 0.0
         self._cache: dict[tuple[str, str | None], DataResult | None] = {}
 
     def __call__(self, name: str, argument: str | None) -> DataResult | None:
         key = (name, argument)
-        if key not in self._cache:
+        if key in self._cache:
+            return self._cache[key]
+        plugin = self.plugins.get(name)
+        if self.inline_only and plugin is not None and not getattr(plugin, "inline", False):
+            raise Deferred(name)
+        if self.deadline is not None and self.clock() > self.deadline:
+            self.exhausted = True
+            log.info("compound filter: no time left for %s(%r)", name, argument)
+            return None
+        self.calls.append(key)
+        started = time.thread_time()
+        try:
             self._cache[key] = self._query(name, argument)
+        finally:
+            self.cpu_in_calls += time.thread_time() - started
         return self._cache[key]
 
     def _query(self, name: str, argument: str | None) -> DataResult | None:
@@ -186,6 +232,13 @@ class FstatData(DataPlugin):
     every directory above it), so fstat cannot leak the hash of ``/etc/shadow``;
     devices and fifos are never opened. A missing file has ``present=false``
     and null sizes, modes and times (MCollective reported 0).
+
+    fstat sees what the daemon (usually root) sees, so in a request filter it
+    runs only for callers the node's authorizer lets do what the request asks
+    (module docstring): a denied caller learns nothing, not even one bit, about
+    ``/root``. ``plugins.fstat.roots`` confines it further, for every caller and
+    for policies alike: a site whose authorized callers should not see the whole
+    file system lists the directories they may (``["/etc", "/var/lib/app"]``).
     """
 
     name = "fstat"
@@ -348,6 +401,7 @@ class FactData(DataPlugin):
         "type": "string, integer, float, boolean, array, hash or null",
     }
     default_output = "value"
+    inline = True  # the same facts a -F filter sees
 
     @classmethod
     def validate(cls, argument: str | None) -> None:
@@ -357,7 +411,8 @@ class FactData(DataPlugin):
 
     def query(self, argument: str | None, node: Any) -> dict[str, Any]:
         assert argument is not None
-        value = _lookup(node.facts(), argument)
+        view = getattr(getattr(node, "facts_store", None), "view", None)
+        value = _lookup(view() if callable(view) else node.facts(), argument)  # no copy
         if value is _MISSING:
             return {"exists": False, "value": None, "type": None}
         shown = _render(value) if isinstance(value, (Mapping, list, tuple)) else value
@@ -386,6 +441,7 @@ class AgentData(DataPlugin):
         "url": "URL (DDL)",
     }
     default_output = "present"
+    inline = True  # what -A and rpcutil agent_inventory show
 
     @classmethod
     def validate(cls, argument: str | None) -> None:
@@ -414,6 +470,7 @@ class CollectiveData(DataPlugin):
     argument = "Collective name"
     outputs = {"member": "Whether the node is in the collective"}
     default_output = "member"
+    inline = True  # the node subscribes to its collectives on the broker anyway
 
     @classmethod
     def validate(cls, argument: str | None) -> None:

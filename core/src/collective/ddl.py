@@ -39,6 +39,9 @@ from typing import Any
 import jsonschema
 from jsonschema import Draft202012Validator, FormatChecker, ValidationError
 from jsonschema.exceptions import SchemaError
+from referencing import Registry
+from referencing.exceptions import Unresolvable
+from referencing.jsonschema import DRAFT202012
 
 from .formats import Format, format_registry
 
@@ -81,6 +84,12 @@ SCHEMA_KEYWORDS = frozenset({
     "title", "description", "default", "deprecated", "readOnly", "writeOnly", "examples",
     "format", "contentEncoding", "contentMediaType", "contentSchema",
 })
+#: Deepest nesting of objects and arrays in a DDL (the document itself is level 1); a
+#: deeper one is refused before anything recurses into it.
+MAX_DEPTH = 64
+#: What compiling a regular expression may raise besides :class:`re.error`
+#: (``a{99999999999}``: OverflowError; thousands of nested groups: RecursionError).
+_REGEX_ERRORS = (OverflowError, RecursionError, ValueError)
 _JSON_TYPE_NAMES = {
     "string": "a string", "integer": "an integer", "number": "a number", "boolean": "a boolean",
     "array": "an array", "object": "an object", "null": "null",
@@ -128,8 +137,9 @@ def _meta_validator(schema_id: str) -> Draft202012Validator:
 # -- ECMA-262 ``pattern`` -------------------------------------------------------------
 
 
-def _ecma_to_python(pattern: str) -> str:
-    """Translate ``$`` outside character classes to ``\\Z`` (end of string only)."""
+def _ecma_to_python(pattern: str, end: str = r"\Z") -> str:
+    """Translate ``$`` outside character classes to ``end`` (end of string only:
+    ``\\Z`` for Python's :mod:`re`, ``\\z`` for RE2)."""
     out: list[str] = []
     i, n = 0, len(pattern)
     in_class = False
@@ -156,7 +166,7 @@ def _ecma_to_python(pattern: str) -> str:
             i = j
             continue
         elif c == "$":
-            out.append(r"\Z")
+            out.append(end)
         else:
             out.append(c)
         i += 1
@@ -168,8 +178,29 @@ def _compile_pattern(pattern: str) -> re.Pattern[str]:
     return re.compile(_ecma_to_python(pattern), re.ASCII)
 
 
+@functools.lru_cache(maxsize=1024)
+def _linear_pattern(pattern: str) -> Any:
+    """``pattern`` compiled with RE2: a node validates inputs before it authorizes the
+    request, so matching must take linear time whatever the data (docs/security.md S20).
+    :raises ValueError: RE2 cannot run it (a backreference, a lookaround)"""
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False
+    options.never_capture = True
+    options.max_mem = 8 << 20
+    try:
+        return re2.compile(_ecma_to_python(pattern, end=r"\z"), options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else str(exc)
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        raise ValueError(f"RE2, the linear-time engine inputs are matched with, cannot run "
+                         f"it: {reason}") from None
+
+
 def _pattern_keyword(validator: Any, pattern: str, instance: Any, schema: Any) -> Iterator[ValidationError]:
-    if validator.is_type(instance, "string") and not _compile_pattern(pattern).search(instance):
+    if validator.is_type(instance, "string") and not _linear_pattern(pattern).search(instance):
         yield ValidationError(f"{_short(instance)} does not match {pattern!r}")
 
 
@@ -259,6 +290,45 @@ def _strict_json(text: str, source: str) -> Any:
         return json.loads(text, object_pairs_hook=pairs, parse_constant=constant)
     except json.JSONDecodeError as exc:
         raise DDLError(f"{source}: invalid JSON: line {exc.lineno} column {exc.colno}: {exc.msg}") from None
+    except RecursionError:
+        raise DDLError(f"{source}: (top level): nested more than {MAX_DEPTH} levels deep") from None
+
+
+def _json_data(doc: Mapping[str, Any], source: str) -> Any:
+    """A document given as data, as JSON would give it (a deep copy); a value JSON
+    cannot carry (NaN, a set, a non-string key, ...) is refused, naming its path."""
+    stack: list[tuple[Any, list[Any]]] = [(doc, [])]
+    while stack:
+        item, path = stack.pop()
+        if len(path) > MAX_DEPTH:
+            raise DDLError(f"{source}: {_json_path(path[:4])}...: nested more than {MAX_DEPTH} "
+                           "levels deep")
+        if isinstance(item, Mapping):
+            for key, value in item.items():
+                if not isinstance(key, str):
+                    raise DDLError(f"{source}: {_json_path([*path, repr(key)])}: a key must be "
+                                   "a string")
+                stack.append((value, [*path, key]))
+        elif isinstance(item, list | tuple):
+            stack.extend((value, [*path, i]) for i, value in enumerate(item))
+        elif isinstance(item, float) and not math.isfinite(item) or not (
+                item is None or isinstance(item, str | int | float)):
+            raise DDLError(f"{source}: {_json_path(path)}: {_short(item)} is not JSON data")
+    return json.loads(json.dumps(doc))
+
+
+def _check_depth(doc: Any, source: str) -> None:
+    """Refuse nesting deeper than :data:`MAX_DEPTH`, naming the path (no recursion)."""
+    stack: list[tuple[Any, list[Any]]] = [(doc, [])]
+    while stack:
+        item, path = stack.pop()
+        if len(path) >= MAX_DEPTH and isinstance(item, dict | list) and item:
+            raise DDLError(f"{source}: {_json_path(path[:4])}...: nested more than {MAX_DEPTH} "
+                           "levels deep")
+        if isinstance(item, dict):
+            stack.extend((value, [*path, key]) for key, value in item.items())
+        elif isinstance(item, list):
+            stack.extend((value, [*path, i]) for i, value in enumerate(item))
 
 
 def _meta_error(err: ValidationError, source: str) -> DDLError:
@@ -273,7 +343,11 @@ def _meta_error(err: ValidationError, source: str) -> DDLError:
     if err.validator == "oneOf" and err.context:  # the type_spec union: say what is allowed
         return DDLError(f"{source}: {_json_path(path)}: {_short(err.instance)} is not a valid type "
                         "(use string, integer, number, boolean, array, object, null or a list of them)")
-    return DDLError(f"{source}: {_json_path(path)}: {err.message}")
+    if err.validator == "type":  # jsonschema's message repeats the whole value
+        wanted = " or ".join(repr(t) for t in _types(err.validator_value))
+        return DDLError(f"{source}: {_json_path(path)}: {_short(err.instance)} is not of type {wanted}")
+    message = err.message if len(err.message) <= 200 else err.message[:197] + "..."
+    return DDLError(f"{source}: {_json_path(path)}: {message}")
 
 
 def _walk_schemas(schema: Any, path: list[Any]) -> Iterator[tuple[dict[str, Any], list[Any]]]:
@@ -381,7 +455,13 @@ class ActionDDL:
         for key, schema in self.inputs.items() if defaults else ():
             if key not in out and "default" in schema:
                 out[key] = copy.deepcopy(schema["default"])
-        errors = sorted(self._validator.iter_errors(out), key=lambda e: _path_key(e.absolute_path))
+        try:
+            errors = sorted(self._validator.iter_errors(out), key=lambda e: _path_key(e.absolute_path))
+        except Unresolvable:  # only a $ref that AgentDDL.load could not follow (a nested $id)
+            log.warning("%s: the input schema of %s has a reference that does not resolve",
+                        self.source, self.name)
+            raise RequestError(4, f"Cannot validate the input of action {self.name}: its DDL "
+                                  "has a reference that does not resolve") from None
         if errors:
             raise RequestError(4, self._describe(errors[0]))
         return out
@@ -591,10 +671,13 @@ class AgentDDL:
         registry = format_registry(formats)
         stem: str | None = None
         if isinstance(resource, Mapping):
-            doc: Any = copy.deepcopy(dict(resource))
-            meta = doc.get("metadata")
-            name = meta.get("name") if isinstance(meta, dict) else None
+            meta = resource.get("metadata")
+            name = meta.get("name") if isinstance(meta, Mapping) else None
             source = source or (f"{name}.json" if isinstance(name, str) else "<ddl>")
+            doc: Any = _json_data(resource, source)
+        elif resource is None or isinstance(resource, list | bool | int | float):
+            source = source or "<ddl>"  # a JSON value that is not an object: refused below
+            doc = resource
         else:
             if isinstance(resource, str | PathLike):
                 resource = Path(resource)
@@ -607,6 +690,7 @@ class AgentDDL:
             except (OSError, UnicodeDecodeError) as exc:
                 raise DDLError(f"{source}: cannot read: {exc}") from None
             doc = _strict_json(text, source)
+        _check_depth(doc, source)
         unchecked: dict[str, list[tuple[str, str]]] = {}
         if unknown_formats == "skip":
             for action, name, fmt in _formats_used(doc):
@@ -626,7 +710,7 @@ def _check_document(doc: Any, source: str, formats: Mapping[str, Format], stem: 
     if not isinstance(doc, dict):
         raise DDLError(f"{source}: (top level): a DDL must be a JSON object")
     schema_id = doc.get("$schema")
-    if schema_id not in _SCHEMA_FILES:
+    if not isinstance(schema_id, str) or schema_id not in _SCHEMA_FILES:
         raise DDLError(f"{source}: $schema: must be {DDL_SCHEMA_ID!r}, not {_short(schema_id)}")
     errors = sorted(_meta_validator(schema_id).iter_errors(doc),
                     key=lambda e: (_path_key(e.absolute_path), str(e.validator)))
@@ -653,12 +737,17 @@ def _check_document(doc: Any, source: str, formats: Mapping[str, Format], stem: 
 def _check_input(schema: Any, where: str, source: str, formats: Mapping[str, Format]) -> None:
     if schema is None:
         return
+    _check_regexes(schema, where, source)
     try:
         Draft202012Validator.check_schema(schema)
     except SchemaError as exc:
         path = _json_path(exc.absolute_path)
         raise DDLError(f"{source}: {where}{'' if path == '(top level)' else '.' + path}: "
                        f"not a valid JSON Schema: {exc.message}") from None
+    except _REGEX_ERRORS as exc:  # a regex the walk below does not reach
+        raise DDLError(f"{source}: {where}: not a valid JSON Schema: {type(exc).__name__}: "
+                       f"{_short(str(exc), 200)}") from None
+    resolver = Registry().resolver_with_root(DRAFT202012.create_resource(schema))
     for sub, path in _walk_schemas(schema, []):
         key = _json_path(path)
         at = where if key == "(top level)" else f"{where}.{key}"
@@ -671,11 +760,20 @@ def _check_input(schema: Any, where: str, source: str, formats: Mapping[str, For
         if fmt is not None and fmt not in formats:
             known = ", ".join(sorted(formats)) or "none"
             raise DDLError(f"{source}: {at}.format: unknown format {fmt!r} (known: {known})")
+        for word in ("$ref", "$dynamicRef"):
+            ref = sub.get(word)
+            if isinstance(ref, str):
+                try:
+                    resolver.lookup(ref)
+                except Unresolvable as exc:
+                    raise DDLError(f"{source}: {at}.{word}: {ref!r} does not resolve within this "
+                                   f"input schema ({type(exc).__name__})") from None
         pattern = sub.get("pattern")
         if isinstance(pattern, str):
             try:
                 _compile_pattern(pattern)
-            except re.error as exc:
+                _linear_pattern(pattern)
+            except (re.error, ValueError) as exc:
                 raise DDLError(f"{source}: {at}.pattern: invalid regular expression: {exc}") from None
     properties = schema.get("properties", {})
     for name in schema.get("required", []):
@@ -684,6 +782,33 @@ def _check_input(schema: Any, where: str, source: str, formats: Mapping[str, For
     validator = InputValidator(schema, format_checker=format_checker(formats))
     for name, prop in properties.items():
         if "default" in prop:
-            errors = list(validator.evolve(schema=prop).iter_errors(prop["default"]))
+            try:
+                errors = list(validator.evolve(schema=prop).iter_errors(prop["default"]))
+            except Unresolvable as exc:
+                raise DDLError(f"{source}: {where}.properties.{name}: a reference does not "
+                               f"resolve: {_short(str(exc), 200)}") from None
             if errors:
                 raise DDLError(f"{source}: {where}.properties.{name}.default: {errors[0].message}")
+
+
+def _check_regexes(schema: Any, where: str, source: str) -> None:
+    """Compile every ``pattern`` and ``patternProperties`` key of an input schema, so
+    that what :mod:`re` raises besides :class:`re.error` becomes a :class:`DDLError`
+    naming the key (the JSON Schema check compiles them too and would let it escape;
+    it reports :class:`re.error` itself)."""
+    for sub, path in _walk_schemas(schema, []):
+        key = _json_path(path)
+        at = where if key == "(top level)" else f"{where}.{key}"
+        pattern = sub.get("pattern")
+        regexes = [(f"{at}.pattern", pattern)] if isinstance(pattern, str) else []
+        props = sub.get("patternProperties")
+        regexes += [(f"{at}.patternProperties.{name}", name)
+                    for name in (props if isinstance(props, dict) else ())]
+        for at_key, regex in regexes:
+            try:
+                _compile_pattern(regex)
+            except re.error:
+                continue
+            except _REGEX_ERRORS as exc:
+                raise DDLError(f"{source}: {at_key}: invalid regular expression: "
+                               f"{_short(str(exc), 200)}") from None

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from .config import Config
@@ -95,6 +96,14 @@ class FactStore:
         with self._lock:
             self._refresh_if_stale()
             return copy.deepcopy(self._merged)
+
+    def view(self) -> Mapping[str, Any]:
+        """The merged facts, read-only and not copied: for filters, which a node
+        evaluates for every message (a deep copy of large facts was most of the cost).
+        Each refresh builds new objects and never changes old ones; do not change them."""
+        with self._lock:
+            self._refresh_if_stale()
+            return MappingProxyType(self._merged)
 
     def classes(self) -> list[str]:
         """Classes reported by the sources (in order, without duplicates)."""

@@ -8,7 +8,7 @@ match. The wire form (``docs/contracts.md``)::
      "cf_class": ["/^role::/"], "identity": ["node-001"], "agent": ["rpcutil"],
      "compound": []}
 
-Semantics (MCollective 2.x, REFERENCE.md §2a):
+Semantics (MCollective 2.x, MCollective 2.x):
 
 * ``identity`` entries are OR-ed (a node has one identity); every other entry,
   and every kind of filter, is AND-ed. An empty filter matches every node.
@@ -26,7 +26,7 @@ Semantics (MCollective 2.x, REFERENCE.md §2a):
   (so ``!=`` on a list is "some element differs", as in MCollective).
 * Values are compared as strings; booleans render as ``true``/``false`` (JSON),
   not Python's ``True``.
-* ``=~`` is an unanchored, case-sensitive :func:`re.search`; surrounding
+* ``=~`` is an unanchored, case-sensitive search (RE2, see below); surrounding
   ``/…/`` on the value are removed.
 * ``==`` is string equality.
 * ``!= < > <= >=`` compare **as integers** when both sides match
@@ -40,25 +40,49 @@ Semantics (MCollective 2.x, REFERENCE.md §2a):
 is validated and again on every node. Several expressions are AND-ed with each
 other and with the rest. Data plugin calls in them (``fstat("/x").size>0``)
 are answered through :attr:`NodeInfo.data`.
+
+Cost (``docs/security.md``): a node evaluates filters before it knows whether the
+caller may do anything, so what a filter may cost is bounded whatever it says.
+
+* Regular expressions run on RE2 (``google-re2``), whose matching time is linear
+  in the text: no pattern can backtrack. RE2 has no backreferences, lookaround,
+  possessive quantifiers or atomic groups, writes Python's ``\\Z`` as ``\\z`` and
+  its ``\\d \\w \\s \\b`` are ASCII; a pattern it cannot run is refused with a
+  :class:`FilterError` naming the construct. At most :data:`MAX_REGEX_CHARS`
+  characters and :data:`MAX_REGEX_PROGRAM` RE2 instructions per pattern.
+* Static caps, checked by :meth:`Filter.validate` on the client (nothing is sent)
+  and again on the node (the filter does not match): :data:`MAX_TERMS` terms,
+  :data:`MAX_REGEXES` regular expressions, :data:`MAX_DATA_CALLS` distinct data
+  plugin calls, :data:`MAX_FILTER_CHARS` characters in all, and the ``-S`` limits
+  of :mod:`collective.compound` (4 KiB of ``-S`` text in all, 32 levels).
+* A :class:`Budget` of CPU time per evaluation on the node, checked between steps;
+  one regular-expression search whose worst case (text length times program size)
+  would not fit in what is left is not started. A filter that runs out does not
+  match (:class:`FilterBudgetExceeded`).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
 __all__ = [
+    "Budget",
     "FactFilter",
     "Filter",
+    "FilterBudgetExceeded",
+    "FilterCost",
     "FilterError",
     "NodeInfo",
     "OPERATORS",
     "compile_regex",
     "fact_values",
+    "filter_regex",
     "parse_fact",
     "parse_with",
 ]
@@ -75,10 +99,99 @@ MAX_ENTRIES = 256
 MAX_VALUE_CHARS = 1024
 #: At most this many characters in a regular expression.
 MAX_REGEX_CHARS = 256
+#: At most this many RE2 instructions in one compiled regular expression (``\pL``
+#: alone has about 1,200; ``.{0,1000}x`` about 9,000).
+MAX_REGEX_PROGRAM = 4096
+#: RE2's memory limit per pattern: a bigger program fails to compile early.
+REGEX_MAX_MEM = 1 << 20
+#: At most this many terms in a filter: fact, class and agent entries, identity
+#: regexes and ``-S`` statements (exact identities are a set lookup and do not count).
+MAX_TERMS = 256
+#: At most this many regular expressions in a filter.
+MAX_REGEXES = 16
+#: At most this many distinct data plugin calls (``fstat('/a')`` and ``fstat('/b')``
+#: are two) in a filter.
+MAX_DATA_CALLS = 8
+#: At most this many characters in all the strings of a filter together.
+MAX_FILTER_CHARS = 16 * 1024
+#: The CPU time (seconds, of the evaluating thread) one filter may use on a node.
+DEFAULT_CPU_BUDGET = 0.02
+#: The worst-case cost model of one RE2 search: ``len(text) * (256 + program size)``
+#: units (UTF-8 bytes times instructions) at up to 1.3 ns each, as measured on the
+#: 2-core development machine for patterns that defeat RE2's DFA (docs/security.md).
+SEARCH_UNIT_SECONDS = 1.5e-9
 
 
 class FilterError(ValueError):
     """A filter that cannot be parsed, is malformed on the wire, or is unsafe."""
+
+
+class FilterBudgetExceeded(FilterError):
+    """The filter used up its :class:`Budget` on this node: it does not match."""
+
+
+class Budget:
+    """What evaluating one filter may spend on a node: CPU time of the calling thread.
+
+    :meth:`step` is called for every comparison and checks the clock every
+    :attr:`CHECK_EVERY` steps (``time.thread_time`` costs about 2 µs); :meth:`check`
+    checks it now; :meth:`search` refuses, before it starts, a regular-expression
+    search whose worst case would not fit in what is left.
+
+    :param cpu_seconds: the budget; None means unlimited (the client)
+    :param clock: the CPU clock (``time.thread_time``)
+    """
+
+    CHECK_EVERY = 64
+
+    def __init__(self, cpu_seconds: float | None = DEFAULT_CPU_BUDGET,
+                 clock: Callable[[], float] = time.thread_time) -> None:
+        self.clock = clock
+        self.started = clock()
+        self.limit = cpu_seconds
+        self.deadline = None if cpu_seconds is None else self.started + cpu_seconds
+        self._steps = 0
+        #: per-evaluation cache (rendered fact values, node sets); None: no caching
+        self.memo: dict[Any, Any] | None = None if cpu_seconds is None else {}
+
+    def used(self) -> float:
+        """CPU seconds used so far."""
+        return self.clock() - self.started
+
+    def check(self) -> None:
+        """Raise :class:`FilterBudgetExceeded` if the CPU budget is used up."""
+        if self.deadline is not None and self.clock() > self.deadline:
+            raise FilterBudgetExceeded(f"the filter used more than {self.limit * 1000:g} ms of "
+                                       "CPU time on this node")
+
+    def step(self, n: int = 1) -> None:
+        """Account for ``n`` comparisons."""
+        self._steps += n
+        if self._steps >= self.CHECK_EVERY:
+            self._steps = 0
+            self.check()
+
+    def search(self, regex: Any, text: str) -> bool:
+        """``regex.search(text)`` unless its worst case would overrun the budget."""
+        if self.deadline is not None:
+            chars = len(text) if text.isascii() else 4 * len(text)  # UTF-8 bytes, at most
+            worst = chars * (256 + regex.program_size) * SEARCH_UNIT_SECONDS
+            if worst > 0.001:  # a long text: check first, and again after
+                self.check()
+                if self.clock() + worst > self.deadline:
+                    raise FilterBudgetExceeded(
+                        f"matching /{regex.pattern}/ against a {len(text)}-character value could "
+                        "take longer than the filter's CPU budget on this node")
+                found = regex.search(text)
+                self.check()
+                return found
+            self.step(1 + int(worst / 20e-6))  # a clock check at least every ~1.3 ms of worst case
+            return regex.search(text)
+        return regex.search(text)
+
+
+#: A budget that never runs out (clients, tests, policies written by the admin).
+UNLIMITED = Budget(None)
 
 
 # -- parsing ------------------------------------------------------------------------
@@ -109,7 +222,7 @@ class FactFilter:
 
 
 def parse_fact(text: str) -> FactFilter:
-    """Parse ``-F`` text with MCollective's rules (REFERENCE.md §2a).
+    """Parse ``-F`` text with MCollective's rules (MCollective 2.x).
 
     ``a=>1`` and ``a=<1`` are aliases of ``>=``/``<=``; ``<= >= < > != == =~``
     are taken as written; ``a=/re/`` means ``=~`` (the value keeps its slashes,
@@ -230,12 +343,15 @@ def _nested_quantifier(pattern: str) -> bool:
 
 @lru_cache(maxsize=1024)
 def compile_regex(pattern: str) -> re.Pattern[str]:
-    """Compile a filter regex once (cached), refusing long and known-catastrophic ones.
+    """Compile a pattern for Python's backtracking :mod:`re`, refusing long and
+    known-catastrophic ones (cached).
 
-    Python's :mod:`re` has no match timeout, so a pathological pattern could
-    pin a node's receive thread. We cap the length at :data:`MAX_REGEX_CHARS`
-    and refuse nested quantifiers (``(a+)+``); values matched against are facts,
-    classes and identities, which are short.
+    Not for request filters, which use :func:`filter_regex` (RE2, linear time):
+    this heuristic does not catch every slow pattern (``(a|aa)+$`` gets through).
+    It is for patterns that need :mod:`re` and are either written by the node's
+    admin (policy caller regexes) or matched where a timeout can stop them (the
+    process agent matches in a child process it kills). The length is capped at
+    :data:`MAX_REGEX_CHARS` and nested quantifiers (``(a+)+``) are refused.
     """
     if len(pattern) > MAX_REGEX_CHARS:
         raise FilterError(f"regular expression is longer than {MAX_REGEX_CHARS} characters")
@@ -248,9 +364,109 @@ def compile_regex(pattern: str) -> re.Pattern[str]:
         raise FilterError(f"invalid regular expression /{pattern}/: {exc}") from None
 
 
+#: RE2 errors -> what to tell the user.
+_RE2_HINTS = (
+    ("invalid perl operator: (?=", "lookahead is not supported"),
+    ("invalid perl operator: (?!", "lookahead is not supported"),
+    ("invalid perl operator: (?<", "lookbehind is not supported"),
+    ("invalid perl operator: (?>", "atomic groups are not supported"),
+    ("invalid perl operator: (?#", "comments are not supported"),
+    ("invalid perl operator: (?x", "verbose mode (?x) is not supported"),
+    ("invalid escape sequence: \\Z", "write \\z for the end of the text"),
+    ("bad repetition operator: ++", "possessive quantifiers are not supported"),
+    ("bad repetition operator: *+", "possessive quantifiers are not supported"),
+    ("bad repetition operator: ?+", "possessive quantifiers are not supported"),
+    ("invalid repetition size", "a repetition count is over 1000 or repetitions nest too deep"),
+    ("pattern too large", "the compiled pattern is too large"),
+)
+
+
+class _Regex:
+    """A compiled RE2 pattern: ``search(text) -> bool`` without capture groups."""
+
+    __slots__ = ("_match", "pattern", "program_size")
+
+    def __init__(self, pattern: str, compiled: Any) -> None:
+        #: the pattern as written
+        self.pattern = pattern
+        #: RE2 instructions: the cost of a search is at most ``len(text) * (256 + this)``
+        self.program_size = int(compiled.programsize)
+        raw = compiled._regexp  # one C++ call per search, no match object
+        anchor = type(raw).Anchor.UNANCHORED
+        match = raw.Match
+
+        def search(data: bytes) -> bool:
+            return match(anchor, data, 0, len(data))[0][0] != -1
+
+        self._match = search
+
+    def search(self, text: str) -> bool:
+        """Does the pattern match anywhere in ``text`` (``re.search`` semantics)?"""
+        return self._match(text.encode("utf-8", "surrogatepass"))
+
+    def __repr__(self) -> str:
+        return f"<filter regex /{self.pattern}/, {self.program_size} instructions>"
+
+
+def _re2() -> Any:
+    try:
+        import re2
+    except ImportError:  # pragma: no cover - a dependency of collective-core
+        raise FilterError("regular expressions in filters need the google-re2 package "
+                          "(a dependency of collective-core): pip install google-re2") from None
+    return re2
+
+
+@lru_cache(maxsize=1024)
+def _compile_filter_regex(pattern: str) -> _Regex | str:
+    """The compiled pattern, or the reason it is refused (cached either way)."""
+    if not isinstance(pattern, str):
+        return "a regular expression must be a string"
+    if len(pattern) > MAX_REGEX_CHARS:
+        return f"regular expression is longer than {MAX_REGEX_CHARS} characters"
+    re2 = _re2()
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print to stderr
+    options.never_capture = True  # only "does it match": the DFA alone
+    options.max_mem = REGEX_MAX_MEM
+    try:
+        compiled = re2.compile(pattern, options)
+    except re2.error as exc:
+        reason = exc.args[0] if exc.args else str(exc)
+        if isinstance(reason, bytes):
+            reason = reason.decode("utf-8", "replace")
+        hint = next((h for marker, h in _RE2_HINTS if marker in reason), None)
+        why = f"{reason}; {hint}" if hint else reason
+        return (f"invalid regular expression /{pattern}/ for RE2, the linear-time engine "
+                f"filters use: {why}")
+    except (TypeError, ValueError) as exc:
+        return f"invalid regular expression /{pattern}/: {exc}"
+    regex = _Regex(pattern, compiled)
+    if regex.program_size > MAX_REGEX_PROGRAM:
+        return (f"regular expression /{pattern}/ is too complex: {regex.program_size} RE2 "
+                f"instructions, at most {MAX_REGEX_PROGRAM} (large counted repetitions or "
+                "Unicode classes such as \\pL make big programs)")
+    return regex
+
+
+def filter_regex(pattern: str, budget: Budget | None = None) -> _Regex:
+    """Compile a filter regular expression with RE2 (cached); see the module docstring.
+
+    :param budget: checked after a compilation (a cache miss), which can take a
+        few milliseconds for large patterns
+    :raises FilterError: the pattern is too long, too complex or not RE2 syntax
+    """
+    result = _compile_filter_regex(pattern)
+    if budget is not None:
+        budget.check()
+    if isinstance(result, str):
+        raise FilterError(result)
+    return result
+
+
 # -- validation ---------------------------------------------------------------------
 
-def _check_value(kind: str, value: Any) -> None:
+def _check_value(kind: str, value: Any, compile: bool = True) -> None:
     if not isinstance(value, str):
         raise FilterError(f"{kind} filter entries must be strings, not {type(value).__name__}")
     if not value:
@@ -261,10 +477,11 @@ def _check_value(kind: str, value: Any) -> None:
         if not _is_regex(value):
             raise FilterError(f"{kind} filter {value!r} starts with '/' but does not end with "
                               "one; write a regular expression as /re/")
-        compile_regex(_strip_slashes(value))
+        if compile:
+            filter_regex(_strip_slashes(value))
 
 
-def _check_fact(flt: FactFilter) -> None:
+def _check_fact(flt: FactFilter, compile: bool = True) -> None:
     for name, val in (("fact name", flt.fact), ("fact value", flt.value)):
         if not isinstance(val, str):
             raise FilterError(f"{name} must be a string, not {type(val).__name__}")
@@ -274,8 +491,8 @@ def _check_fact(flt: FactFilter) -> None:
         raise FilterError("fact name must not be empty")
     if flt.operator not in OPERATORS:
         raise FilterError(f"unknown fact operator {flt.operator!r} (known: {' '.join(OPERATORS)})")
-    if flt.operator == "=~":
-        compile_regex(_strip_slashes(flt.value))
+    if flt.operator == "=~" and compile:
+        filter_regex(_strip_slashes(flt.value))
 
 
 def _fact_from_dict(item: Any) -> FactFilter:
@@ -292,7 +509,7 @@ def _fact_from_dict(item: Any) -> FactFilter:
             raise FilterError(f"fact filter entry: {key} must be a string, "
                               f"not {type(item[key]).__name__}")
     flt = FactFilter(item["fact"], item["operator"], item["value"])
-    _check_fact(flt)
+    _check_fact(flt, compile=False)  # regexes are compiled after the caps are checked
     return flt
 
 
@@ -365,11 +582,13 @@ def _typed(left: str, right: str) -> tuple[Any, Any]:
     return left, right
 
 
-def _compare(actual: str, operator: str, wanted: str) -> bool:
+def _compare(actual: str, operator: str, wanted: str, budget: Budget = UNLIMITED) -> bool:
     if operator == "==":
+        budget.step()
         return actual == wanted
     if operator == "=~":
-        return compile_regex(_strip_slashes(wanted)).search(actual) is not None
+        return budget.search(filter_regex(_strip_slashes(wanted)), actual)
+    budget.step()
     left, right = _typed(actual, wanted)
     if operator == "!=":
         return bool(left != right)
@@ -384,14 +603,48 @@ def _compare(actual: str, operator: str, wanted: str) -> bool:
     raise FilterError(f"unknown fact operator {operator!r}")
 
 
-def _match_name(pattern: str, names: Sequence[str]) -> bool:
+def _match_name(pattern: str, names: Sequence[str] | frozenset[str],
+                budget: Budget = UNLIMITED) -> bool:
     if _is_regex(pattern):
-        regex = compile_regex(_strip_slashes(pattern))
-        return any(regex.search(name) for name in names)
+        regex = filter_regex(_strip_slashes(pattern))
+        return any(budget.search(regex, name) for name in names)
+    budget.step()
     return pattern in names
 
 
+def _values(node: NodeInfo, path: str, budget: Budget) -> list[str] | None:
+    """:func:`fact_values`, once per fact and evaluation (``budget.memo``)."""
+    memo = budget.memo
+    if memo is None:
+        return fact_values(node.facts, path)
+    key = ("fact", path)
+    if key not in memo:
+        values = fact_values(node.facts, path)
+        budget.step(len(values) if values else 1)  # rendering a long list costs
+        memo[key] = values
+    return memo[key]
+
+
 # -- the filter ----------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FilterCost:
+    """What a valid filter costs, from :meth:`Filter.validate`."""
+
+    #: fact, class and agent entries, identity regexes and ``-S`` statements
+    terms: int
+    #: regular expressions
+    regexes: int
+    #: distinct data plugin calls: ``(function, arguments)``
+    calls: frozenset[tuple[str, tuple[str, ...]]]
+    #: characters in all the filter's strings
+    chars: int
+
+    @property
+    def functions(self) -> set[str]:
+        """The data plugin names the filter calls."""
+        return {name for name, _ in self.calls}
+
 
 @dataclass(frozen=True)
 class NodeInfo:
@@ -440,14 +693,16 @@ class Filter:
         }
 
     @classmethod
-    def from_dict(cls, data: Any) -> Filter:
+    def from_dict(cls, data: Any, budget: Budget | None = None) -> Filter:
         """Parse and strictly validate the wire form (``None`` is the empty filter).
 
         Unknown keys, wrong types, more than :data:`MAX_ENTRIES` entries in a list,
-        values over :data:`MAX_VALUE_CHARS` characters, bad or unsafe regexes and
-        ``compound`` expressions that do not parse (syntax and limits only: the
-        node does not know the client's functions) all raise :class:`FilterError`.
-        Missing keys are empty.
+        values over :data:`MAX_VALUE_CHARS` characters, a filter over the caps of
+        :meth:`validate`, bad regexes and ``compound`` expressions that do not parse
+        (syntax and limits only: the node does not know the client's functions) all
+        raise :class:`FilterError`. Missing keys are empty.
+
+        :param budget: the node's budget for this filter (parsing and compiling count)
         """
         if data is None:
             return cls()
@@ -469,26 +724,72 @@ class Filter:
         flt = cls(fact=[_fact_from_dict(item) for item in lists["fact"]],
                   cf_class=list(lists["cf_class"]), identity=list(lists["identity"]),
                   agent=list(lists["agent"]), compound=list(lists["compound"]))
-        flt.validate()
+        flt.validate(budget)
         return flt
 
-    def validate(self) -> None:
-        """Raise :class:`FilterError` if any entry is malformed or unsafe."""
+    def validate(self, budget: Budget | None = None) -> FilterCost:
+        """Raise :class:`FilterError` if any entry is malformed, or the filter is over
+        the caps (:data:`MAX_TERMS`, :data:`MAX_REGEXES`, :data:`MAX_DATA_CALLS`,
+        :data:`MAX_FILTER_CHARS`, 4 KiB of ``-S`` text); returns what it costs.
+
+        The cheap checks come first: sizes, then parsing, then compiling regexes.
+        """
+        compound = _compound()
         for key in FILTER_KEYS:
             if len(getattr(self, key)) > MAX_ENTRIES:
                 raise FilterError(f"filter {key} has more than {MAX_ENTRIES} entries")
+        chars = 0
+        regexes: list[str] = []
         for item in self.fact:
             if not isinstance(item, FactFilter):
                 raise FilterError(f"fact filter entries must be FactFilter, not {type(item).__name__}")
-            _check_fact(item)
+            _check_fact(item, compile=False)
+            chars += len(item.fact) + len(item.value)
+            if item.operator == "=~":
+                regexes.append(_strip_slashes(item.value))
+        terms = len(self.fact)
         for kind, values in (("class", self.cf_class), ("identity", self.identity),
                              ("agent", self.agent)):
             for value in values:
-                _check_value(kind, value)
+                _check_value(kind, value, compile=False)
+                chars += len(value)
+                if _is_regex(value):
+                    regexes.append(_strip_slashes(value))
+                    terms += 1
+                elif kind != "identity":
+                    terms += 1
+        texts = 0
         for expr in self.compound:
             if not isinstance(expr, str):
                 raise FilterError(f"compound filter entries must be strings, not {type(expr).__name__}")
-            _compound().parse_cached(expr)
+            texts += len(expr)
+        chars += texts
+        if chars > MAX_FILTER_CHARS:
+            raise FilterError(f"the filter is {chars} characters long; at most "
+                              f"{MAX_FILTER_CHARS} are allowed")
+        if texts > compound.MAX_CHARS:
+            raise FilterError(f"the -S expressions are {texts} characters long together; at "
+                              f"most {compound.MAX_CHARS} are allowed")
+        calls: set[tuple[str, tuple[str, ...]]] = set()
+        for text in self.compound:
+            cost = compound.expression_cost(compound.parse_cached(text))
+            if budget is not None:
+                budget.check()
+            terms += cost.terms
+            regexes.extend(cost.regexes)
+            calls |= cost.calls
+        if terms > MAX_TERMS:
+            raise FilterError(f"the filter has {terms} terms; at most {MAX_TERMS} are allowed "
+                              "(fact, class and agent filters, identity regexes and -S statements)")
+        if len(regexes) > MAX_REGEXES:
+            raise FilterError(f"the filter has {len(regexes)} regular expressions; at most "
+                              f"{MAX_REGEXES} are allowed")
+        if len(calls) > MAX_DATA_CALLS:
+            raise FilterError(f"the filter calls data plugins with {len(calls)} different "
+                              f"arguments; at most {MAX_DATA_CALLS} are allowed")
+        for pattern in regexes:
+            filter_regex(pattern, budget)
+        return FilterCost(terms=terms, regexes=len(regexes), calls=frozenset(calls), chars=chars)
 
     # -- questions -----------------------------------------------------------------
     def is_empty(self) -> bool:
@@ -501,36 +802,71 @@ class Filter:
         return (bool(self.identity) and not any(_is_regex(i) for i in self.identity)
                 and not (self.fact or self.cf_class or self.agent or self.compound))
 
-    def matches(self, node: NodeInfo) -> bool:
-        """Does ``node`` match? Identities OR-ed, everything else AND-ed.
-
-        Compound expressions are evaluated last (they may call data plugins);
-        one that does not parse raises :class:`FilterError`.
-        """
-        if self.identity and not any(_match_name(i, [node.identity]) for i in self.identity):
+    def _simple_match(self, node: NodeInfo, budget: Budget) -> bool:
+        """Identity, agent, class and fact entries (everything but ``compound``)."""
+        if self.identity and not any(_match_name(i, (node.identity,), budget)
+                                     for i in self.identity):
             return False
         if self.agent:
-            agents = [*node.agents, "discovery"]
-            if not all(_match_name(a, agents) for a in self.agent):
+            agents = frozenset([*node.agents, "discovery"])
+            if not all(_match_name(a, agents, budget) for a in self.agent):
                 return False
         if self.cf_class:
-            classes = list(node.classes)
-            if not all(_match_name(c, classes) for c in self.cf_class):
+            classes = frozenset(node.classes)
+            budget.step(len(classes))
+            if not all(_match_name(c, classes, budget) for c in self.cf_class):
                 return False
         for flt in self.fact:
-            values = fact_values(node.facts, flt.fact)
+            values = _values(node, flt.fact, budget)
             if values is None:
                 return False
-            if not any(_compare(v, flt.operator, flt.value) for v in values):
+            if not any(_compare(v, flt.operator, flt.value, budget) for v in values):
                 return False
+        return True
+
+    def matches(self, node: NodeInfo, budget: Budget | None = None) -> bool:
+        """Does ``node`` match? Identities OR-ed, everything else AND-ed.
+
+        Compound expressions are evaluated last, calling data plugins through
+        ``node.data``; one that does not parse raises :class:`FilterError`.
+
+        :param budget: what the evaluation may spend (default: unlimited)
+        :raises FilterBudgetExceeded: the budget ran out
+        """
+        budget = budget or UNLIMITED
+        if not self._simple_match(node, budget):
+            return False
         if self.compound:
             compound = _compound()
             for text in self.compound:
                 if not isinstance(text, str):
                     raise FilterError("compound filter entries must be strings")
-                if not compound.evaluate(compound.parse_cached(text), node):
+                if not compound.evaluate(compound.parse_cached(text), node, budget):
                     return False
         return True
+
+    def evaluate(self, node: NodeInfo, budget: Budget | None = None) -> bool | None:
+        """Like :meth:`matches`, but a data plugin call that ``node.data`` defers
+        (raises :class:`collective.compound.Deferred`) is *unknown*: the answer is
+        True or False when the rest of the filter decides, else None.
+
+        Nodes use it on their receive thread to find out whether a filter needs
+        data plugins (which run only for authorized callers, elsewhere) at all.
+        """
+        budget = budget or UNLIMITED
+        if not self._simple_match(node, budget):
+            return False
+        unknown = False
+        if self.compound:
+            compound = _compound()
+            for text in self.compound:
+                if not isinstance(text, str):
+                    raise FilterError("compound filter entries must be strings")
+                result = compound.evaluate3(compound.parse_cached(text), node, budget)
+                if result is False:
+                    return False
+                unknown = unknown or result is None
+        return None if unknown else True
 
     def describe(self) -> str:
         """Plain English, one clause per filter entry (identities form one clause)."""

@@ -9,6 +9,12 @@ processes recorded in ``DIR/fleet.json``.
 Clients: ``clients=["admin", "bob"]`` makes one key pair per name (trusted by
 every node, caller id ``cert=NAME``); the first one's config is
 ``DIR/client.yaml``, every other one's ``DIR/client-NAME.yaml``.
+
+On the embedded broker every node and client logs in as itself: ``DIR/broker.yaml``
+(mode 0600) has one user per node (role ``node``: its own queue, the broadcast topics,
+writes replies) and per client (role ``client``: writes requests, reads only its own
+reply queues ``COLLECTIVE.reply.NAME.*``), with scrypt hashes of random passwords that
+sit in ``DIR/keys/LOGIN.broker-password`` (mode 0600) for the configs to name.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import json
 import logging
 import os
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -127,9 +134,102 @@ def sample_facts(index: int, identity: str) -> tuple[dict[str, Any], list[str]]:
     return facts, classes
 
 
-def _broker_section(fleet: Fleet) -> dict[str, Any]:
+#: scrypt cost for the fleet's broker passwords: they are 144-bit random strings, so a
+#: cheap setting loses nothing and 1000 nodes log in quickly (a human-chosen password in
+#: a hand-written broker config gets the default, ``mco broker --hash-password``).
+FLEET_SCRYPT_N = 2**10
+
+
+def _broker_password_file(directory: Path, login: str) -> Path:
+    return directory / "keys" / f"{login}.broker-password"
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def _write_embedded_broker_config(directory: Path, spec: BrokerSpec,
+                                  roles: dict[str, str]) -> Path:
+    """``DIR/broker.yaml`` with one user per login (``roles``: login -> role), each with a
+    fresh random password written to its 0600 password file."""
+    from .broker.auth import hash_password
+    from .broker.config import dump_broker_config
+
+    users = {}
+    for login, role in roles.items():
+        password = secrets.token_urlsafe(18)
+        _write_private(_broker_password_file(directory, login), password + "\n")
+        users[login] = {"password_hash": hash_password(password, n=FLEET_SCRYPT_N), "role": role}
+    path = directory / "broker.yaml"
+    _write_private(path, dump_broker_config([{"host": spec.host, "port": spec.port}], users))
+    return path
+
+
+def add_broker_login(fleet: Fleet, login: str, role: str = "node",
+                     timeout: float = 10.0) -> dict[str, Any]:
+    """Give ``login`` a user on the fleet's embedded broker (``role`` node, client or
+    admin) and make the running broker serve it (SIGHUP): for a node or client added
+    to a fleet that is up. Returns the ``broker`` config section that logs in as it.
+    """
+    from .broker.auth import hash_password
+    from .broker.config import load_broker_config
+
+    if fleet.broker.flavour != "embedded" or "broker" not in fleet.pids:
+        raise FleetError("add_broker_login: the fleet does not run its own embedded broker")
+    path = fleet.directory / "broker.yaml"
+    data = yaml.safe_load(path.read_text())
+    if login in data.get("users", {}):
+        raise FleetError(f"broker user {login!r} exists already")
+    password = secrets.token_urlsafe(18)
+    _write_private(_broker_password_file(fleet.directory, login), password + "\n")
+    data["users"][login] = {"password_hash": hash_password(password, n=FLEET_SCRYPT_N),
+                            "role": role}
+    _write_private(path, yaml.safe_dump(data, sort_keys=False))
+    load_broker_config(path)  # the broker would refuse it: better to say so here
+    pid = fleet.pids["broker"]
+    if not (_alive(pid) and _is_ours(pid, fleet.directory)):
+        raise FleetError(f"the fleet's broker (pid {pid}) is not running")
+    section = _broker_section(fleet, login)
+    os.kill(pid, signal.SIGHUP)
+    deadline = time.monotonic() + timeout
+    while not _broker_accepts(fleet.broker.host, fleet.broker.port, login, password):
+        if time.monotonic() > deadline:
+            raise FleetError(f"the broker did not take user {login!r} within {timeout:g}s")
+        time.sleep(0.1)
+    return section
+
+
+def _broker_accepts(host: str, port: int, login: str, password: str) -> bool:
+    """Whether a STOMP CONNECT as ``login`` gets CONNECTED (not ERROR)."""
+    frame = (f"CONNECT\naccept-version:1.2\nhost:/\nlogin:{login}\npasscode:{password}"
+             "\n\n\0").encode()
+    try:
+        with socket.create_connection((host, port), timeout=5) as sock:
+            sock.sendall(frame)
+            answer = b""
+            while b"\0" not in answer:
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                answer += chunk
+            if answer.startswith(b"CONNECTED"):
+                sock.sendall(b"DISCONNECT\n\n\0")
+                return True
+    except OSError:
+        pass
+    return False
+
+
+def _broker_section(fleet: Fleet, login: str | None = None) -> dict[str, Any]:
+    """The ``broker`` config section; on the embedded broker, logged in as ``login``."""
     spec = fleet.broker
     section: dict[str, Any] = {"flavour": spec.flavour, "host": spec.host, "port": spec.port}
+    if spec.flavour == "embedded" and login is not None:
+        section["user"] = login
+        section["password_file"] = str(_broker_password_file(fleet.directory, login))
+        return section
     if spec.user:
         section["user"] = spec.user
     if spec.password:
@@ -216,12 +316,17 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
         with os.fdopen(fd, "w") as handle:
             handle.write(spec.password)
     collectives = collectives or ["mcollective"]
-    broker_section = _broker_section(fleet)
+    identities = [f"node-{index:03d}" for index in range(1, nodes + 1)]
+    if set(identities) & set(names):
+        raise FleetError(f"client names {sorted(set(identities) & set(names))} are node identities")
     try:
         if spec.flavour == "embedded":
+            broker_config = _write_embedded_broker_config(
+                directory, spec, {**dict.fromkeys(names, "client"),
+                                  **dict.fromkeys(identities, "node")})
             fleet.pids["broker"] = _spawn(
-                [interpreter, "-m", "collective", "broker", "--host", spec.host,
-                 "--port", str(spec.port), "--pidfile", str(directory / "broker.pid"),
+                [interpreter, "-P", "-m", "collective", "broker", "--config", str(broker_config),
+                 "--pidfile", str(directory / "broker.pid"),
                  "--log-level", "WARNING"], directory / "broker.log")
             fleet.save()
             _wait_port(spec.host, spec.port, 30)
@@ -232,7 +337,7 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
             _write_yaml(fleet.client_config_for(name), {
                 "identity": f"{name}-client",
                 "collectives": collectives,
-                "broker": broker_section,
+                "broker": _broker_section(fleet, name),
                 "security": {"provider": "ed25519", "identity": name,
                              "private_key": f"keys/{name}.key", "trust_dir": "trust"},
                 "discovery": {"timeout": 2.0},
@@ -252,12 +357,15 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
             config: dict[str, Any] = {
                 "identity": identity,
                 "collectives": collectives,
-                "broker": broker_section,
+                "broker": _broker_section(fleet, identity),
                 "security": {"provider": "ed25519", "private_key": f"../../keys/{identity}.key",
                              "trust_dir": "../../trust"},
                 "facts": {"sources": ["static"], "static": facts},
                 "classes_file": "classes.txt",
                 "audit": {"file": "audit.jsonl"},
+                # the fleet's own client keys may do everything; nobody else anything
+                "authorization": {"provider": "callers",
+                                  "callers": [f"cert={name}" for name in names]},
                 "logging": {"level": "INFO", "file": "collectived.log"},
                 "server": {"pidfile": "collectived.pid"},
             }
@@ -266,7 +374,7 @@ def fleet_up(directory: Path, nodes: int = 3, broker: BrokerSpec | None = None,
                 _merge_sections(config, server_config_for(index, identity))
             _write_yaml(node_dir / "server.yaml", config)
             fleet.pids[identity] = _spawn(
-                [interpreter, "-m", "collective.server.main", "-c", str(node_dir / "server.yaml")],
+                [interpreter, "-P", "-m", "collective.server.main", "-c", str(node_dir / "server.yaml")],
                 node_dir / "stdout.log")
         fleet.save()
         wait_for_nodes(fleet, timeout)

@@ -2,7 +2,7 @@
 
 Every format is an *allow-list*: it says what a value may look like, never what it
 may not. MCollective's and Choria's ``shellsafe`` was a deny-list that let ``\\n``,
-``&``, ``(``, quotes and a leading ``-`` through (THREATS S8); ours is not, and a
+``&``, ``(``, quotes and a leading ``-`` through (docs/security.md S8); ours is not, and a
 leading ``-`` is refused everywhere so a value can never become an option of the
 command it is passed to (``-oDpkg::Pre-Invoke::=...``, ``--help``).
 

@@ -121,6 +121,10 @@ def collective_data_plugins() -> Iterable[Any]:
     ``outputs`` (name → description), ``default_output`` and
     ``query(argument, node) -> dict``. It runs on the node, read-only; the client
     uses the registry only to refuse unknown functions and fields before sending.
+    In a request's filter it runs only for a caller the node has authorized, off the
+    receive thread and within a time budget, unless its class sets ``inline = True``
+    (only for lookups that are cheap, never block and reveal nothing beyond the
+    node's facts, agents and collectives).
 
     Example: ``return [ServiceData]`` for ``service("nginx").status=running``.
 

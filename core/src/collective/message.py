@@ -5,7 +5,7 @@ Every message on the broker is a *wire* document (``docs/contracts.md``)::
     {"v":1, "alg":"ed25519"|"hmac-sha256", "kid":"<key id>", "sig":"<base64>", "body":"<base64>"}
 
 The body is canonical JSON of a request or a reply envelope. Signatures are made
-over the body *bytes*; verification never re-encodes (THREATS §4).
+over the body *bytes*; verification never re-encodes.
 
 Everything received from the network goes through :func:`strict_loads`, which turns
 every surprise of :mod:`json` into one :class:`MalformedMessage`: invalid UTF-8,

@@ -1,4 +1,4 @@
-"""THREATS S8: hostile inputs are refused with statuscode 4 and nothing runs.
+"""docs/security.md S8: hostile inputs are refused with statuscode 4 and nothing runs.
 
 PATH holds only logging stubs (``conftest.pkg_stubs``), so the tests also prove that
 no package tool was started, and show the exact argv of the calls that do happen.

@@ -134,7 +134,7 @@ def test_just_zombies_finds_a_real_zombie(node, spawn, marker):
     assert pids(n.call("process", "list", pattern=marker)) == [parent.pid]
 
 
-# -- ReDoS (THREATS S9) ---------------------------------------------------------------------
+# -- ReDoS (docs/security.md S9) ---------------------------------------------------------------------
 
 
 @pytest.mark.timeout(60)
@@ -304,7 +304,7 @@ def test_missing_psutil_is_a_clear_status_1(node, monkeypatch):
         assert "psutil not found on this node" in reply.statusmsg
 
 
-# -- injection (THREATS S8) -----------------------------------------------------------------
+# -- injection (docs/security.md S8) -----------------------------------------------------------------
 
 
 def injections(pwn):

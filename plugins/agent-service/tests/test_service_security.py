@@ -1,4 +1,4 @@
-"""THREATS S8: injection through the service name is refused (status 4) before any
+"""docs/security.md S8: injection through the service name is refused (status 4) before any
 command runs; missing tools and hung commands are clear status 1 replies."""
 
 from __future__ import annotations

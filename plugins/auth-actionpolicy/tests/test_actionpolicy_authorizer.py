@@ -1,5 +1,5 @@
-"""The authorizer over real policy files: MCollective's semantics (REFERENCE §2b,
-THREATS S6/S7), reloads, settings, the in-process node and the plugin contract.
+"""The authorizer over real policy files: MCollective's semantics (MCollective's actionpolicy,
+docs/security.md S6/S7), reloads, settings, the in-process node and the plugin contract.
 
 The cases follow MCollective's spec fixtures example1..15 as a checklist, written
 fresh; they are not copies."""
@@ -307,11 +307,41 @@ def test_a_file_that_never_parsed_denies(tmp_path, caplog):
     assert decision.rule.endswith("service.policy:2:6")
 
 
-def test_world_writable_policy_is_refused(tmp_path):
+@pytest.mark.parametrize("mode", [0o666, 0o664, 0o646])
+def test_a_policy_file_others_may_write_is_refused(tmp_path, mode):
     authz = authorizer(tmp_path, {"service.policy": "policy default allow\n"})
-    os.chmod(tmp_path / "policies" / "service.policy", 0o666)
+    path = tmp_path / "policies" / "service.policy"
+    os.chmod(path, mode)
     decision = authz.authorize(context())
-    assert not decision.allowed and "anyone may write" in decision.reason
+    assert not decision.allowed
+    assert f"policy file {path} has mode {mode:04o}" in decision.reason
+    os.chmod(path, 0o644)
+    assert authz.authorize(context()).allowed
+
+
+def test_a_policy_file_owned_by_another_user_is_refused(tmp_path):
+    if os.geteuid() != 0:
+        pytest.fail("changing a file's owner needs root (the tests run as root in CI)")
+    authz = authorizer(tmp_path, {"service.policy": "policy default allow\n"})
+    path = tmp_path / "policies" / "service.policy"
+    os.chown(path, 65534, 65534)
+    decision = authz.authorize(context())
+    assert not decision.allowed and "is owned by uid 65534" in decision.reason
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o775])
+def test_a_policy_directory_others_may_write_denies_everything(tmp_path, mode, caplog):
+    authz = authorizer(tmp_path, {"service.policy": "policy default allow\n"})
+    os.chmod(tmp_path / "policies", mode)
+    try:
+        decision = authz.authorize(context())
+    finally:
+        os.chmod(tmp_path / "policies", 0o755)
+    assert not decision.allowed
+    assert decision.reason.startswith(f"policy directory refused: policy directory "
+                                      f"{tmp_path / 'policies'} has mode {mode:04o}")
+    assert "every request is denied" in caplog.text
+    assert authz.authorize(context()).allowed
 
 
 def test_reload_forces_a_reread(tmp_path):

@@ -8,12 +8,19 @@
 
 from __future__ import annotations
 
+from .auth import ROLES, BrokerAuth, Permissions, User, hash_password
 from .frames import Frame, FrameError, FrameParser, serialize
-from .server import BrokerLimits, EmbeddedBroker, run_broker
+from .server import BrokerLimits, EmbeddedBroker, Listener, run_broker
 
 __all__ = [
+    "ROLES",
+    "BrokerAuth",
     "BrokerLimits",
     "EmbeddedBroker",
+    "Listener",
+    "Permissions",
+    "User",
+    "hash_password",
     "Frame",
     "FrameError",
     "FrameParser",

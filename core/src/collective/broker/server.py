@@ -13,8 +13,24 @@ Design notes
 - ``/topic/X`` fans out to the subscribers present at send time. ``/queue/X`` gives
   each message to one subscriber, round-robin, skipping congested ones; if every
   subscriber is congested or there is none, the message waits in the queue's store
-  (bounded, drop-oldest, counted) until one can take it or it expires (``expires``
-  header, ms since the epoch, ActiveMQ style; 0 = never).
+  (bounded, drop-oldest, counted) until one can take it or it expires: the ``expires``
+  header (ms since the epoch, as ActiveMQ and RabbitMQ's STOMP plugin read it; 0 =
+  never), the ``expiration`` header (ms from now, RabbitMQ's per-message TTL), and at
+  the latest ``max_message_age`` after it was sent. A queue nobody subscribed to for
+  ``queue_idle_expires`` is deleted with what it holds (replies for a client that is
+  gone), counted as ``dropped_unclaimed``.
+- Global limits refuse rather than grow: a SEND that would have to be stored beyond
+  ``max_stored_bytes`` / ``max_stored_messages``, or that would create a queue beyond
+  ``max_queues``, gets an ERROR frame (that connection only, which stays open) and is
+  not stored. Connections beyond ``max_connections``, logins pending beyond
+  ``max_unauthenticated`` and sessions of one user beyond ``max_connections_per_user``
+  are refused with an ERROR and closed.
+- Logins and permissions (:mod:`.auth`): with users configured every CONNECT needs a
+  login; scrypt runs on a small thread pool (never on the event loop) and a verified
+  login is cached. Each SEND and SUBSCRIBE is checked against the user's read/write
+  patterns (cached per connection and destination); a refusal is an ERROR frame
+  (``message: access refused``), counted as ``denied``. Without users (an in-process
+  broker built by a test) everything is allowed, on loopback only, with a warning.
 - A malformed frame gets one ERROR frame and closes that connection only (the
   write side is shut down first and input is drained for a moment so the peer
   actually gets the ERROR). Exceptions while handling a connection are logged and
@@ -24,7 +40,6 @@ Design notes
 from __future__ import annotations
 
 import asyncio
-import hmac
 import ipaddress
 import itertools
 import logging
@@ -35,10 +50,12 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from .auth import BrokerAuth, User
 from .frames import (
     CLIENT_COMMANDS,
     Frame,
@@ -50,7 +67,7 @@ from .frames import (
 
 log = logging.getLogger(__name__)
 
-__all__ = ["BrokerLimits", "EmbeddedBroker", "run_broker"]
+__all__ = ["BrokerLimits", "EmbeddedBroker", "Listener", "run_broker"]
 
 try:
     from .. import __version__ as _VERSION
@@ -74,9 +91,23 @@ class BrokerLimits:
     max_outbound_bytes: int = 64 * MiB
     #: per-queue store for messages nobody can take yet; drop-oldest
     max_queue_messages: int = 10_000
-    max_queue_bytes: int = 64 * MiB
-    max_queues: int = 100_000
+    max_queue_bytes: int = 16 * MiB
+    #: all queue stores together: a SEND that would go beyond is refused with an ERROR
+    max_stored_messages: int = 100_000
+    max_stored_bytes: int = 64 * MiB
+    max_queues: int = 10_000
+    #: a stored message is dropped this long after it was sent, whatever its headers say
+    #: (no request outlives ``security.max_ttl``, 600 s by default); 0 = keep
+    max_message_age: float = 600.0
+    #: a queue without subscribers for this long is deleted with its messages; 0 = keep
+    queue_idle_expires: float = 120.0
     max_connections: int = 4096
+    #: connections that have not logged in yet (they cannot crowd out logged-in ones)
+    max_unauthenticated: int = 256
+    #: sessions of one login at a time
+    max_connections_per_user: int = 256
+    #: threads that check passwords (scrypt), off the event loop
+    login_workers: int = 2
     max_subscriptions_per_connection: int = 1024
     max_transactions_per_connection: int = 16
     max_transaction_frames: int = 10_000
@@ -123,19 +154,20 @@ _TRANSPORT_HEADERS = frozenset({
 
 
 class _Message:
-    __slots__ = ("msg_id", "id_b", "tail", "expires", "size")
+    __slots__ = ("msg_id", "id_b", "tail", "expires", "retain", "size")
 
-    def __init__(self, msg_id: str, tail: bytes, expires: int) -> None:
+    def __init__(self, msg_id: str, tail: bytes, expires: int, retain: int = 0) -> None:
         self.msg_id = msg_id
         self.id_b = msg_id.encode("ascii")
         self.tail = tail          # headers after subscription/ack + blank line + body + NUL
-        self.expires = expires    # ms since epoch, 0 = never
+        self.expires = expires    # ms since epoch, 0 = never (the sender's expiry)
+        self.retain = retain      # ms since epoch, 0 = forever (the broker's max_message_age)
         self.size = len(tail) + 64
 
 
 class _Subscription:
     __slots__ = ("conn", "id", "destination", "kind", "name", "ack", "prefix", "pending",
-                 "pending_bytes", "queue")
+                 "pending_bytes", "queue", "prefetch", "backlog")
 
     def __init__(self, conn: _Connection, sub_id: str, destination: str, kind: str,
                  name: str, ack: str) -> None:
@@ -150,17 +182,36 @@ class _Subscription:
         self.pending: dict[str, _Message] = {}
         self.pending_bytes = 0
         self.queue: _Queue | None = None
+        #: -- prefetch (see _Core.deliver_bounded) --
+        #: most unacknowledged messages (``prefetch-count`` / ``activemq.prefetchSize``
+        #: with ack client or client-individual); 0 = only the broker-wide limits
+        self.prefetch = 0
+        #: topic messages waiting for this subscription to acknowledge (drop-oldest)
+        self.backlog: deque[_Message] = deque()
 
 
 class _Queue:
-    __slots__ = ("name", "subs", "rr", "store", "store_bytes")
+    __slots__ = ("name", "subs", "rr", "store", "store_bytes", "idle_since")
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, now: float) -> None:
         self.name = name
         self.subs: list[_Subscription] = []
         self.rr = 0
         self.store: deque[_Message] = deque()
         self.store_bytes = 0
+        #: loop time since when nobody subscribes (while ``subs`` is empty)
+        self.idle_since = now
+
+
+def _prefetch_of(headers: dict[str, str]) -> int:
+    """The SUBSCRIBE's prefetch (RabbitMQ ``prefetch-count``, ActiveMQ
+    ``activemq.prefetchSize``); 0 when absent or not a positive number."""
+    raw = headers.get("prefetch-count") or headers.get("activemq.prefetchSize") or ""
+    try:
+        value = int(raw)
+    except ValueError:
+        return 0
+    return value if value > 0 else 0
 
 
 def _now_ms() -> int:
@@ -168,25 +219,43 @@ def _now_ms() -> int:
 
 
 class _Core:
-    """Broker state; used only from the event-loop thread."""
+    """Broker state; used only from the event-loop thread (except ``auth.authenticate``,
+    which runs on ``login_pool``)."""
+
+    COUNTERS = (
+        "connections_total", "frames_in", "messages_in", "messages_out",
+        "dropped_slow_consumer", "dropped_queue_overflow", "expired", "nacked",
+        "errors", "heartbeat_timeouts", "internal_errors", "rejected_connections",
+        "denied", "auth_failures", "refused_storage_full", "refused_queue_limit",
+        "dropped_unclaimed",
+    )
+    GAUGES = (
+        "connections", "unauthenticated", "subscriptions", "topics", "queues",
+        "queued_messages", "queued_bytes", "outbound_queued_frames", "outbound_queued_bytes",
+        "max_outbound_queued_frames", "max_outbound_queued_bytes",
+    )
 
     def __init__(self, loop: asyncio.AbstractEventLoop, limits: BrokerLimits,
-                 users: dict[str, str] | None) -> None:
+                 auth: BrokerAuth | None) -> None:
         self.loop = loop
         self.limits = limits
-        self.users = users
+        self.auth = auth
         self.conns: set[_Connection] = set()
+        self.unauthenticated = 0
+        self.sessions: dict[str, int] = {}  # login -> connected sessions
         self.topics: dict[str, dict[_Subscription, None]] = {}
         self.queues: dict[str, _Queue] = {}
-        self.counters: dict[str, int] = dict.fromkeys((
-            "connections_total", "frames_in", "messages_in", "messages_out",
-            "dropped_slow_consumer", "dropped_queue_overflow", "expired", "nacked",
-            "errors", "heartbeat_timeouts", "internal_errors", "rejected_connections",
-        ), 0)
+        self.stored_bytes = 0
+        self.stored_messages = 0
+        self.counters: dict[str, int] = dict.fromkeys(self.COUNTERS, 0)
         self.subscriptions = 0
         self._ids = itertools.count(1)
         self._id_prefix = f"ID:collective-{uuid.uuid4().hex[:8]}-"
         self._sweeper: asyncio.TimerHandle | None = None
+        self.login_pool: ThreadPoolExecutor | None = None
+        if auth is not None:
+            self.login_pool = ThreadPoolExecutor(max_workers=max(1, limits.login_workers),
+                                                 thread_name_prefix="broker-login")
         if limits.sweep_interval > 0:
             self._sweeper = loop.call_later(limits.sweep_interval, self._sweep)
 
@@ -209,13 +278,49 @@ class _Core:
         q = self.queues.get(name)
         if q is None:
             if len(self.queues) >= self.limits.max_queues:
+                self.counters["refused_queue_limit"] += 1
                 raise _ClientError("too many queues", f"limit {self.limits.max_queues}")
-            q = self.queues[name] = _Queue(name)
+            q = self.queues[name] = _Queue(name, self.loop.time())
         return q
+
+    # -- the queue stores (every change goes through these, for the global totals) -------
+
+    def _push(self, q: _Queue, msg: _Message, front: bool = False) -> None:
+        (q.store.appendleft if front else q.store.append)(msg)
+        q.store_bytes += msg.size
+        self.stored_bytes += msg.size
+        self.stored_messages += 1
+
+    def _pop(self, q: _Queue) -> _Message:
+        msg = q.store.popleft()
+        q.store_bytes -= msg.size
+        self.stored_bytes -= msg.size
+        self.stored_messages -= 1
+        return msg
+
+    def _clear(self, q: _Queue) -> int:
+        n = len(q.store)
+        self.stored_bytes -= q.store_bytes
+        self.stored_messages -= n
+        q.store.clear()
+        q.store_bytes = 0
+        return n
+
+    def _trim(self, q: _Queue) -> None:
+        """Per-queue bound: drop the oldest."""
+        lim = self.limits
+        while len(q.store) > lim.max_queue_messages or (
+                q.store_bytes > lim.max_queue_bytes and len(q.store) > 1):
+            self._pop(q)
+            self.counters["dropped_queue_overflow"] += 1
+
+    def _drop_queue_if_unused(self, q: _Queue) -> None:
+        if not q.subs and not q.store and self.queues.get(q.name) is q:
+            del self.queues[q.name]
 
     # -- publishing ---------------------------------------------------------------------
 
-    def make_message(self, dest: str, frame: Frame, expires: int) -> _Message:
+    def make_message(self, dest: str, frame: Frame, expires: int, retain: int) -> _Message:
         msg_id = f"{self._id_prefix}{next(self._ids)}"
         body = frame.body
         lines = [
@@ -228,51 +333,74 @@ class _Core:
                 lines.append(f"{escape_header(name)}:{escape_header(value)}")
         lines.append("\n")
         tail = "\n".join(lines).encode("utf-8")
-        return _Message(msg_id, tail + body + b"\0", expires)
+        return _Message(msg_id, tail + body + b"\0", expires, retain)
+
+    @staticmethod
+    def _expiry(frame: Frame, now: int) -> int:
+        """ms since the epoch from ``expires`` (absolute) / ``expiration`` (relative); 0 = never."""
+        expires = 0
+        raw = frame.headers.get("expires")
+        if raw:
+            try:
+                expires = max(int(raw), 0)
+            except ValueError:
+                raise _ClientError("invalid expires header", repr(raw[:32])) from None
+        raw = frame.headers.get("expiration")
+        if raw:
+            try:
+                ttl = int(raw)
+                if ttl < 0:
+                    raise ValueError
+            except ValueError:
+                raise _ClientError("invalid expiration header", repr(raw[:32])) from None
+            expires = min(expires, now + ttl) if expires else now + ttl
+        return expires
 
     def send(self, frame: Frame) -> None:
         dest = frame.headers.get("destination")
         if not dest:
             raise _ClientError("missing destination header")
         kind, name = self.split_destination(dest)
-        expires = 0
-        raw = frame.headers.get("expires")
-        if raw:
-            try:
-                expires = int(raw)
-            except ValueError:
-                raise _ClientError("invalid expires header", repr(raw[:32])) from None
-            if 0 < expires <= _now_ms():
-                self.counters["messages_in"] += 1
-                self.counters["expired"] += 1
-                return
-        msg = self.make_message(dest, frame, max(expires, 0))
-        self.counters["messages_in"] += 1
+        now = _now_ms()
+        expires = self._expiry(frame, now)
+        if expires and expires <= now:
+            self.counters["messages_in"] += 1
+            self.counters["expired"] += 1
+            return
         if kind == "topic":
+            self.counters["messages_in"] += 1
             subs = self.topics.get(name)
             if subs:
+                msg = self.make_message(dest, frame, expires, 0)
                 for sub in subs:
-                    self.deliver(sub, msg)
+                    if sub.prefetch:
+                        self.deliver_bounded(sub, msg)
+                    else:
+                        self.deliver(sub, msg)
             return
         q = self._get_queue(name)
+        age = self.limits.max_message_age
+        msg = self.make_message(dest, frame, expires, now + int(age * 1000) if age > 0 else 0)
         if not q.store:
             sub = self._pick(q)
             if sub is not None:
+                self.counters["messages_in"] += 1
                 self.deliver(sub, msg)
                 return
-        self._store(q, msg)
+        lim = self.limits
+        if (self.stored_messages >= lim.max_stored_messages
+                or self.stored_bytes + msg.size > lim.max_stored_bytes):
+            self.counters["refused_storage_full"] += 1
+            self._drop_queue_if_unused(q)
+            raise _ClientError("broker storage full",
+                               f"{self.stored_messages} messages, {self.stored_bytes} bytes "
+                               f"waiting (limits {lim.max_stored_messages}, "
+                               f"{lim.max_stored_bytes}); message to {dest} not stored")
+        self.counters["messages_in"] += 1
+        self._push(q, msg)
+        self._trim(q)
         if q.subs:
             self.pump(q)
-
-    def _store(self, q: _Queue, msg: _Message) -> None:
-        q.store.append(msg)
-        q.store_bytes += msg.size
-        lim = self.limits
-        while len(q.store) > lim.max_queue_messages or (
-                q.store_bytes > lim.max_queue_bytes and len(q.store) > 1):
-            old = q.store.popleft()
-            q.store_bytes -= old.size
-            self.counters["dropped_queue_overflow"] += 1
 
     def _pick(self, q: _Queue) -> _Subscription | None:
         subs = q.subs
@@ -288,7 +416,42 @@ class _Core:
 
     def _can_take_unacked(self, sub: _Subscription) -> bool:
         lim = self.limits
-        return len(sub.pending) < lim.max_unacked_frames and sub.pending_bytes < lim.max_unacked_bytes
+        frames = min(sub.prefetch, lim.max_unacked_frames) if sub.prefetch else lim.max_unacked_frames
+        return len(sub.pending) < frames and sub.pending_bytes < lim.max_unacked_bytes
+
+    # -- prefetch on topic subscriptions ---------------------------------------------------
+    # A topic subscription with ``ack: client(-individual)`` and a prefetch gets at most
+    # that many unacknowledged messages; the rest wait in its own backlog (bounded,
+    # drop-oldest, expired ones skipped) instead of in the connection's outbound queue, so
+    # a flood on one subscription cannot delay another subscription of the same
+    # connection (a node's rpcutil requests behind a flood of another agent's).
+
+    def deliver_bounded(self, sub: _Subscription, msg: _Message) -> None:
+        """``deliver`` for a topic subscription with a prefetch."""
+        if not sub.backlog and self._can_take_unacked(sub):
+            self.deliver(sub, msg)
+            return
+        sub.backlog.append(msg)
+        if len(sub.backlog) > self.limits.max_queue_messages:
+            sub.backlog.popleft()
+            self.counters["dropped_slow_consumer"] += 1
+
+    def pump_backlog(self, sub: _Subscription) -> None:
+        """Deliver a topic subscription's backlog while it may take more."""
+        now = _now_ms()
+        while sub.backlog and self._can_take_unacked(sub):
+            msg = sub.backlog.popleft()
+            if msg.expires and msg.expires <= now:
+                self.counters["expired"] += 1
+                continue
+            self.deliver(sub, msg)
+
+    def _stale(self, msg: _Message, now: int) -> str | None:
+        if msg.expires and msg.expires <= now:
+            return "expired"
+        if msg.retain and msg.retain <= now:
+            return "dropped_unclaimed"
+        return None
 
     def pump(self, q: _Queue) -> None:
         """Deliver stored messages while some subscriber can take them."""
@@ -297,18 +460,15 @@ class _Core:
         now = _now_ms()
         store = q.store
         while store:
-            msg = store[0]
-            if msg.expires and msg.expires <= now:
-                store.popleft()
-                q.store_bytes -= msg.size
-                self.counters["expired"] += 1
+            why = self._stale(store[0], now)
+            if why is not None:
+                self._pop(q)
+                self.counters[why] += 1
                 continue
             sub = self._pick(q)
             if sub is None:
                 break
-            store.popleft()
-            q.store_bytes -= msg.size
-            self.deliver(sub, msg)
+            self.deliver(sub, self._pop(q))
 
     def deliver(self, sub: _Subscription, msg: _Message) -> None:
         if sub.ack == "auto":
@@ -316,7 +476,7 @@ class _Core:
         else:
             head = sub.prefix + b"ack:" + msg.id_b + b"\n"
             sub.conn.enqueue((head, msg.tail), len(head) + len(msg.tail))
-            if sub.kind == "queue":
+            if sub.kind == "queue" or sub.prefetch:
                 sub.pending[msg.msg_id] = msg
                 sub.pending_bytes += msg.size
         self.counters["messages_out"] += 1
@@ -341,6 +501,8 @@ class _Core:
                 subs.pop(sub, None)
                 if not subs:
                     del self.topics[sub.name]
+            sub.backlog.clear()  # topics are at-most-once: nobody else wanted these
+            sub.pending.clear()
             return
         q = sub.queue
         if q is None:
@@ -354,20 +516,19 @@ class _Core:
             q.rr %= len(q.subs)
         else:
             q.rr = 0
+            q.idle_since = self.loop.time()
         if sub.pending:
-            # unacknowledged messages go back to the front of the queue, in order
+            # unacknowledged messages go back to the front of the queue, in order (they are
+            # in memory already, so the global limits do not refuse them)
             for msg in reversed(list(sub.pending.values())):
-                q.store.appendleft(msg)
-                q.store_bytes += msg.size
+                self._push(q, msg, front=True)
             sub.pending.clear()
             sub.pending_bytes = 0
             while len(q.store) > self.limits.max_queue_messages:
-                old = q.store.popleft()
-                q.store_bytes -= old.size
+                self._pop(q)
                 self.counters["dropped_queue_overflow"] += 1
             self.pump(q)
-        if not q.subs and not q.store and self.queues.get(q.name) is q:
-            del self.queues[q.name]
+        self._drop_queue_if_unused(q)
 
     def ack(self, sub: _Subscription, ack_id: str, nack: bool) -> None:
         pending = sub.pending
@@ -383,24 +544,53 @@ class _Core:
             sub.pending_bytes -= pending.pop(ack_id).size
         if nack:
             self.counters["nacked"] += 1
+        if sub.backlog:
+            self.pump_backlog(sub)
         if sub.queue is not None and sub.queue.store:
             self.pump(sub.queue)
+
+    # -- sessions -------------------------------------------------------------------------
+
+    def session_opened(self, login: str) -> bool:
+        """Count a session of ``login``; False when that user has too many already."""
+        n = self.sessions.get(login, 0)
+        if n >= self.limits.max_connections_per_user:
+            return False
+        self.sessions[login] = n + 1
+        return True
+
+    def session_closed(self, login: str) -> None:
+        n = self.sessions.get(login, 0) - 1
+        if n > 0:
+            self.sessions[login] = n
+        else:
+            self.sessions.pop(login, None)
 
     # -- housekeeping -------------------------------------------------------------------
 
     def _sweep(self) -> None:
         try:
             now = _now_ms()
-            for name, q in list(self.queues.items()):
+            idle_limit = self.limits.queue_idle_expires
+            mono = self.loop.time()
+            for q in list(self.queues.values()):
                 if q.store:
-                    kept = deque(m for m in q.store if not (m.expires and m.expires <= now))
-                    expired = len(q.store) - len(kept)
-                    if expired:
-                        self.counters["expired"] += expired
-                        q.store = kept
-                        q.store_bytes = sum(m.size for m in kept)
-                if not q.subs and not q.store:
-                    del self.queues[name]
+                    if not q.subs and idle_limit > 0 and mono - q.idle_since >= idle_limit:
+                        # nobody came for these (a client or node that is gone)
+                        self.counters["dropped_unclaimed"] += self._clear(q)
+                    else:
+                        kept: deque[_Message] = deque()
+                        for msg in q.store:
+                            why = self._stale(msg, now)
+                            if why is None:
+                                kept.append(msg)
+                            else:
+                                self.counters[why] += 1
+                        if len(kept) != len(q.store):
+                            self._clear(q)
+                            for msg in kept:
+                                self._push(q, msg)
+                self._drop_queue_if_unused(q)
         except Exception:  # never let housekeeping die
             log.exception("broker sweep failed")
         self._sweeper = self.loop.call_later(self.limits.sweep_interval, self._sweep)
@@ -411,24 +601,22 @@ class _Core:
             self._sweeper = None
         for conn in list(self.conns):
             conn.abort()
+        if self.login_pool is not None:
+            self.login_pool.shutdown(wait=False, cancel_futures=True)
 
-    @staticmethod
-    def empty_stats() -> dict[str, int]:
-        keys = ("connections_total", "frames_in", "messages_in", "messages_out",
-                "dropped_slow_consumer", "dropped_queue_overflow", "expired", "nacked",
-                "errors", "heartbeat_timeouts", "internal_errors", "rejected_connections",
-                "connections", "subscriptions", "topics", "queues", "queued_messages",
-                "outbound_queued_frames", "outbound_queued_bytes",
-                "max_outbound_queued_frames", "max_outbound_queued_bytes")
-        return dict.fromkeys(keys, 0)
+    @classmethod
+    def empty_stats(cls) -> dict[str, int]:
+        return dict.fromkeys(cls.COUNTERS + cls.GAUGES, 0)
 
     def stats(self) -> dict[str, int]:
         out = dict(self.counters)
         out["connections"] = len(self.conns)
+        out["unauthenticated"] = self.unauthenticated
         out["subscriptions"] = self.subscriptions
         out["topics"] = len(self.topics)
         out["queues"] = len(self.queues)
-        out["queued_messages"] = sum(len(q.store) for q in self.queues.values())
+        out["queued_messages"] = self.stored_messages
+        out["queued_bytes"] = self.stored_bytes
         frames = [len(c.outq) for c in self.conns]
         out["outbound_queued_frames"] = sum(frames)
         out["outbound_queued_bytes"] = sum(c.out_bytes for c in self.conns)
@@ -476,6 +664,15 @@ class _Connection(asyncio.Protocol):
         self.peer = "?"
         self.login = ""
         self.session = ""
+        #: the logged-in user (None: a broker without users, everything allowed)
+        self.user: User | None = None
+        self.counted_unauthenticated = False
+        self.counted_session = False
+        #: frames that arrived while the password was being checked
+        self.backlog: list[Frame] | None = None
+        #: per-destination permission decisions of this connection (bounded)
+        self.may_read: dict[str, bool] = {}
+        self.may_write: dict[str, bool] = {}
 
     # -- asyncio callbacks --------------------------------------------------------------
 
@@ -485,15 +682,22 @@ class _Connection(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         core = self.core
+        why = None
         if len(core.conns) >= self.limits.max_connections:
+            why = "too many connections"
+        elif core.unauthenticated >= self.limits.max_unauthenticated:
+            why = "too many connections waiting to log in"
+        if why is not None:
             core.counters["rejected_connections"] += 1
-            log.warning("refusing connection from %s: too many connections", self.peer)
+            log.warning("refusing connection from %s: %s", self.peer, why)
             self.state = _CLOSING
-            transport.write(_error_frame("too many connections"))
+            transport.write(_error_frame(why))
             transport.close()
             self.abort_timer = self.loop.call_later(self.limits.linger_seconds, self.abort)
             return
         core.conns.add(self)
+        core.unauthenticated += 1
+        self.counted_unauthenticated = True
         core.counters["connections_total"] += 1
         transport.set_write_buffer_limits(high=self.limits.write_high_water,
                                           low=self.limits.write_high_water // 4)
@@ -505,6 +709,7 @@ class _Connection(asyncio.Protocol):
         prev = self.state
         self.state = _CLOSED
         self._teardown()
+        self._uncount()
         self.core.conns.discard(self)
         self.outq.clear()
         self.outq_sizes.clear()
@@ -542,7 +747,7 @@ class _Connection(asyncio.Protocol):
             for frame in exc.frames:
                 if self.state >= _CLOSING:
                     return
-                self._dispatch(frame)
+                self._take(frame)
             if self.state < _CLOSING:
                 self.fatal(exc.message, exc.detail)
             return
@@ -554,6 +759,12 @@ class _Connection(asyncio.Protocol):
         for frame in frames:
             if self.state >= _CLOSING:
                 return
+            self._take(frame)
+
+    def _take(self, frame: Frame) -> None:
+        if self.backlog is not None:  # logging in: reading is paused, keep what was read
+            self.backlog.append(frame)
+        else:
             self._dispatch(frame)
 
     # -- output ---------------------------------------------------------------------------
@@ -629,7 +840,16 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None and self.state != _CLOSED:
             self.transport.abort()
 
+    def _uncount(self) -> None:
+        if self.counted_unauthenticated:
+            self.counted_unauthenticated = False
+            self.core.unauthenticated -= 1
+        if self.counted_session:
+            self.counted_session = False
+            self.core.session_closed(self.login)
+
     def _teardown(self) -> None:
+        self.backlog = None
         subs = list(self.subs.values())
         self.subs.clear()
         self.queue_subs = 0
@@ -769,16 +989,6 @@ class _Connection(asyncio.Protocol):
             raise _ClientError("unsupported STOMP version",
                                f"offered {','.join(versions)[:64]}; supported: 1.2, 1.1",
                                fatal=True, headers=(("version", "1.2,1.1"),))
-        users = self.core.users
-        login = h.get("login", "")
-        if users is not None:
-            expected = users.get(login)
-            given = h.get("passcode", "")
-            ok = expected is not None and hmac.compare_digest(
-                expected.encode("utf-8"), given.encode("utf-8"))
-            if not ok:
-                log.warning("authentication failed for %r from %s", login, self.peer)
-                raise _ClientError("authentication failed", "bad login or passcode", fatal=True)
         cx = cy = 0
         raw = h.get("heart-beat")
         if raw:
@@ -789,6 +999,56 @@ class _Connection(asyncio.Protocol):
                     raise ValueError
             except ValueError:
                 raise _ClientError("invalid heart-beat header", repr(raw[:32]), fatal=True) from None
+        login = h.get("login", "")
+        auth = self.core.auth
+        if auth is None:
+            self._connected(login, None, version, cx, cy)
+            return
+        passcode = h.get("passcode", "")
+        user = auth.cached(login, passcode)
+        if user is not None:
+            self._connected(login, user, version, cx, cy)
+            return
+        # scrypt takes tens of ms: check on the login pool, hold this connection's input
+        pool = self.core.login_pool
+        assert pool is not None and self.transport is not None
+        self.backlog = []
+        self.transport.pause_reading()
+        future = self.loop.run_in_executor(pool, auth.authenticate, login, passcode)
+        future.add_done_callback(lambda f: self._login_checked(f, login, version, cx, cy))
+
+    def _login_checked(self, future: asyncio.Future[User | None], login: str, version: str,
+                       cx: int, cy: int) -> None:
+        if self.state != _NEW:
+            return  # closed meanwhile
+        backlog, self.backlog = self.backlog or [], None
+        user = None if future.cancelled() or future.exception() else future.result()
+        try:
+            if user is None:
+                self.core.counters["auth_failures"] += 1
+                log.warning("authentication failed for %r from %s", login[:128], self.peer)
+                raise _ClientError("authentication failed", "bad login or passcode", fatal=True)
+            self._connected(login, user, version, cx, cy)
+        except _ClientError as exc:
+            self.fatal(exc.message, exc.detail, None, exc.headers)
+            return
+        for frame in backlog:
+            if self.state != _CONNECTED:
+                return
+            self._dispatch(frame)
+        if self.transport is not None and self.state == _CONNECTED:
+            self.transport.resume_reading()
+
+    def _connected(self, login: str, user: User | None, version: str, cx: int, cy: int) -> None:
+        if user is not None:
+            if not self.core.session_opened(login):
+                raise _ClientError("too many connections for this user",
+                                   f"limit {self.limits.max_connections_per_user}", fatal=True)
+            self.counted_session = True
+        if self.counted_unauthenticated:
+            self.counted_unauthenticated = False
+            self.core.unauthenticated -= 1
+        self.user = user
         lim = self.limits
         sx, sy = max(lim.heartbeat_send_ms, 0), max(lim.heartbeat_recv_ms, 0)
         self.hb_send = max(sx, cy) / 1000.0 if sx and cy else 0.0
@@ -812,7 +1072,33 @@ class _Connection(asyncio.Protocol):
         log.debug("%s connected as %r (STOMP %s, heart-beat send %.3fs recv %.3fs)",
                   self.peer, login, version, self.hb_send, self.hb_recv)
 
+    # -- permissions ----------------------------------------------------------------------
+
+    def _check(self, dest: str, write: bool) -> None:
+        """Raise the ERROR "access refused" unless this user may write / read ``dest``."""
+        user = self.user
+        if user is None:
+            return
+        cache = self.may_write if write else self.may_read
+        allowed = cache.get(dest)
+        if allowed is None:
+            allowed = user.may_write(dest) if write else user.may_read(dest)
+            if len(cache) >= 256:
+                cache.clear()
+            cache[dest] = allowed
+        if not allowed:
+            self.core.counters["denied"] += 1
+            what = "write to" if write else "read from"
+            log.warning("access refused: %r may not %s %s (%s)", self.login, what, dest[:200],
+                        self.peer)
+            raise _ClientError("access refused", f"user {self.login!r} may not {what} {dest[:200]}")
+
     def _on_send(self, frame: Frame) -> None:
+        dest = frame.headers.get("destination")
+        if not dest:
+            raise _ClientError("missing destination header")
+        self.core.split_destination(dest)
+        self._check(dest, write=True)
         tx = frame.headers.get("transaction")
         if tx is not None:
             buffered = self.txs.get(tx)
@@ -824,9 +1110,6 @@ class _Connection(asyncio.Protocol):
                 raise _ClientError("transaction too large",
                                    f"limits: {self.limits.max_transaction_frames} frames, "
                                    f"{self.limits.max_transaction_bytes} bytes")
-            if not frame.headers.get("destination"):
-                raise _ClientError("missing destination header")
-            self.core.split_destination(frame.headers["destination"])
             buffered.append(frame)
             self.tx_bytes[tx] += size
             return
@@ -849,7 +1132,9 @@ class _Connection(asyncio.Protocol):
             raise _ClientError("too many subscriptions",
                                f"limit {self.limits.max_subscriptions_per_connection}")
         kind, name = self.core.split_destination(dest)
+        self._check(dest, write=False)
         sub = _Subscription(self, sub_id, dest, kind, name, ack)
+        sub.prefetch = _prefetch_of(h) if ack != "auto" else 0
         self.subs[sub_id] = sub
         if kind == "queue":
             self.queue_subs += 1
@@ -944,30 +1229,71 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass
+class Listener:
+    """One address the broker listens on; ``port`` 0 picks a free port at the first start
+    (kept for later starts)."""
+
+    host: str = "127.0.0.1"
+    port: int = 0
+    ssl_context: ssl.SSLContext | None = None
+
+    @property
+    def url(self) -> str:
+        return f"stomp{'+ssl' if self.ssl_context else ''}://{self.host}:{self.port}"
+
+
 class EmbeddedBroker:
     """The embedded STOMP 1.2 broker, served on a background thread.
 
     ``start()`` returns once listening (``port`` then holds the real port);
     ``stop()`` closes every connection and the listener and joins the thread; the
-    broker can be started again afterwards (on the same port)."""
+    broker can be started again afterwards (on the same port).
+
+    Logins: ``auth`` (a :class:`~collective.broker.auth.BrokerAuth`: users with
+    per-destination permissions, what ``mco broker --config`` and the fleet use) or
+    ``users`` (``{login: password}``, in-process only: each may do everything). With
+    neither, no login is asked and everything is allowed: that is for a broker a test
+    runs in its own process, on loopback only, and it says so in the log.
+    ``listeners`` replaces ``host``, ``port`` and ``ssl_context`` with several addresses.
+    """
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, limits: BrokerLimits | None = None,
                  users: dict[str, str] | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
-        if not _is_loopback(host) and not users:
-            raise ValueError(
-                f"refusing to listen on non-loopback address {host!r} without authentication: "
-                "give users (login -> passcode) or bind 127.0.0.1")
-        self.host = host
-        self.port = port
+                 ssl_context: ssl.SSLContext | None = None, *, auth: BrokerAuth | None = None,
+                 listeners: Iterable[Listener] | None = None) -> None:
+        if users is not None and auth is not None:
+            raise ValueError("give users or auth, not both")
+        self.auth = BrokerAuth.plain(users) if users else auth
+        self.listeners = (list(listeners) if listeners is not None
+                          else [Listener(host, port, ssl_context)])
+        if not self.listeners:
+            raise ValueError("no listeners")
+        if self.auth is None:
+            for listener in self.listeners:
+                if not _is_loopback(listener.host):
+                    raise ValueError(
+                        f"refusing to listen on non-loopback address {listener.host!r} without "
+                        "authentication: give users (login -> passcode) or bind 127.0.0.1")
         self.limits = limits if limits is not None else BrokerLimits()
-        self.users = dict(users) if users is not None else None
-        self.ssl_context = ssl_context
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self._servers: list[asyncio.base_events.Server] = []
         self._core: _Core | None = None
         self._lock = threading.Lock()
+
+    @property
+    def host(self) -> str:
+        return self.listeners[0].host
+
+    @property
+    def port(self) -> int:
+        """The first listener's port."""
+        return self.listeners[0].port
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        return self.listeners[0].ssl_context
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -994,8 +1320,17 @@ class EmbeddedBroker:
                 raise failure[0]
             self._loop = loop
             self._thread = thread
-            log.info("embedded broker listening on %s:%d%s", self.host, self.port,
-                     " (TLS)" if self.ssl_context else "")
+            for listener in self.listeners:
+                log.info("embedded broker listening on %s:%d%s", listener.host, listener.port,
+                         " (TLS)" if listener.ssl_context else "")
+                if self.auth is not None and not listener.ssl_context and not _is_loopback(
+                        listener.host):
+                    log.warning("listener %s:%d has no TLS: logins and messages cross the "
+                                "network in clear text", listener.host, listener.port)
+            if self.auth is None:
+                log.warning("embedded broker on %s:%d asks no login: any local process may read "
+                            "and write every destination (in-process tests only; mco broker "
+                            "and mco fleet always require logins)", self.host, self.port)
             return self
 
     def _run(self, loop: asyncio.AbstractEventLoop, ready: threading.Event,
@@ -1018,7 +1353,7 @@ class EmbeddedBroker:
             loop.close()
 
     async def _open(self, loop: asyncio.AbstractEventLoop) -> None:
-        core = _Core(loop, self.limits, self.users)
+        core = _Core(loop, self.limits, self.auth)
 
         def on_loop_error(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
             core.counters["internal_errors"] += 1
@@ -1027,21 +1362,30 @@ class EmbeddedBroker:
                       exc_info=exc if isinstance(exc, BaseException) else None)
 
         loop.set_exception_handler(on_loop_error)
-        server = await loop.create_server(
-            lambda: _Connection(core), self.host, self.port, ssl=self.ssl_context,
-            reuse_address=True, backlog=1024,
-            ssl_handshake_timeout=10.0 if self.ssl_context else None)
+        servers: list[asyncio.base_events.Server] = []
+        try:
+            for listener in self.listeners:
+                server = await loop.create_server(
+                    lambda: _Connection(core), listener.host, listener.port,
+                    ssl=listener.ssl_context, reuse_address=True, backlog=1024,
+                    ssl_handshake_timeout=10.0 if listener.ssl_context else None)
+                servers.append(server)
+                listener.port = server.sockets[0].getsockname()[1]
+        except BaseException:
+            for server in servers:
+                server.close()
+            core.close()
+            raise
         self._core = core
-        self._server = server
-        self.port = server.sockets[0].getsockname()[1]
+        self._servers = servers
 
     async def _close(self) -> None:
-        server, core = self._server, self._core
-        if server is not None:
+        servers, core = self._servers, self._core
+        for server in servers:
             server.close()
         if core is not None:
             core.close()
-        if server is not None:
+        for server in servers:
             try:
                 await asyncio.wait_for(server.wait_closed(), 5)
             except Exception:
@@ -1065,7 +1409,7 @@ class EmbeddedBroker:
                     pass
                 thread.join(timeout)
             self._loop = self._thread = None
-            self._server = None  # _core is kept so stats() still reports the last counters
+            self._servers = []  # _core is kept so stats() still reports the last counters
             log.info("embedded broker on %s:%d stopped", self.host, self.port)
 
     def __enter__(self) -> EmbeddedBroker:
@@ -1073,6 +1417,32 @@ class EmbeddedBroker:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def replace_auth(self, auth: BrokerAuth) -> int:
+        """Serve ``auth``'s users from now on (``mco broker`` on SIGHUP).
+
+        New logins are checked against them; a connection whose user was removed or
+        changed (password, role, permissions) gets an ERROR and is closed, so it logs in
+        again under the new rules. Returns how many connections were closed.
+        """
+        if self.auth is None:
+            raise ValueError("this broker has no users to replace")
+        self.auth = auth
+        loop, core = self._loop, self._core
+        if core is None or loop is None or not self.running:
+            return 0
+
+        async def swap() -> int:
+            core.auth = auth
+            closed = 0
+            for conn in list(core.conns):
+                if conn.user is not None and auth.users.get(conn.login) != conn.user:
+                    conn.fatal("login no longer valid", "the broker's users changed; "
+                               "log in again", None)
+                    closed += 1
+            return closed
+
+        return asyncio.run_coroutine_threadsafe(swap(), loop).result(10)
 
     # -- introspection ----------------------------------------------------------------
 
@@ -1118,10 +1488,25 @@ def _remove_pidfile(path: str) -> None:
 def run_broker(host: str = "127.0.0.1", port: int = 61613, *, limits: BrokerLimits | None = None,
                users: dict[str, str] | None = None, ssl_context: ssl.SSLContext | None = None,
                pidfile: str | os.PathLike[str] | None = None,
-               on_ready: Callable[[EmbeddedBroker], Any] | None = None) -> None:
-    """Serve the broker in the foreground until SIGTERM or SIGINT (``mco broker``)."""
-    broker = EmbeddedBroker(host, port, limits=limits, users=users, ssl_context=ssl_context)
+               on_ready: Callable[[EmbeddedBroker], Any] | None = None,
+               auth: BrokerAuth | None = None,
+               listeners: Iterable[Listener] | None = None,
+               reload_auth: Callable[[], BrokerAuth] | None = None) -> None:
+    """Serve the broker in the foreground until SIGTERM or SIGINT (``mco broker``).
+
+    A broker served this way always asks for a login (``auth`` or ``users``), on
+    loopback too: any local process could otherwise read every node's requests.
+    On SIGHUP, ``reload_auth`` (when given) supplies the users to serve from then on
+    (:meth:`EmbeddedBroker.replace_auth`); when it raises, the broker logs why and
+    keeps the users it has.
+    """
+    if not users and auth is None:
+        raise ValueError("the broker needs users: a login is required even on loopback "
+                         "(mco broker --config FILE with a users: section)")
+    broker = EmbeddedBroker(host, port, limits=limits, users=users, ssl_context=ssl_context,
+                            auth=auth, listeners=listeners)
     stop = threading.Event()
+    reload_requested = threading.Event()
     previous: dict[int, Any] = {}
 
     def _on_signal(signum: int, _frame: Any) -> None:
@@ -1131,19 +1516,33 @@ def run_broker(host: str = "127.0.0.1", port: int = 61613, *, limits: BrokerLimi
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, _on_signal)
+        if reload_auth is not None:
+            previous[signal.SIGHUP] = signal.signal(signal.SIGHUP,
+                                                    lambda *_: reload_requested.set())
     pid_path = os.fspath(pidfile) if pidfile is not None else None
     try:
         broker.start()
         if pid_path:
             _write_pidfile(pid_path)
-        log.info("collective broker %s serving on %s:%d (pid %d)", _VERSION, host, broker.port,
-                 os.getpid())
+        log.info("collective broker %s serving on %s (pid %d, %d users)", _VERSION,
+                 ", ".join(f"{lst.host}:{lst.port}" for lst in broker.listeners), os.getpid(),
+                 len(broker.auth.users) if broker.auth else 0)
         if on_ready is not None:
             on_ready(broker)
-        while not stop.wait(0.5):
+        while not stop.wait(0.2):
             if not broker.running:
                 log.error("broker thread ended unexpectedly")
                 break
+            if reload_requested.is_set() and reload_auth is not None:
+                reload_requested.clear()
+                try:
+                    fresh = reload_auth()
+                except Exception as exc:  # a bad edit must not take the broker down
+                    log.error("SIGHUP: keeping the current users: %s", exc)
+                    continue
+                closed = broker.replace_auth(fresh)
+                log.info("SIGHUP: now serving %d users; closed %d connections whose login "
+                         "was removed or changed", len(fresh.users), closed)
     finally:
         broker.stop()
         if pid_path:

@@ -40,10 +40,12 @@ def completion(shell: str) -> None:
               help="Stop after this many seconds without a reply")
 @guarded("replies")
 def replies(destination: str, config_path: str | None, count: int | None, timeout: float) -> None:
-    """Collect the replies sent to DESTINATION (COLLECTIVE.reply.NAME) by
+    """Collect the replies sent to DESTINATION (COLLECTIVE.reply.NAME.TAG) by
     ``mco rpc ... --reply-to DESTINATION``, one verified JSON line each.
 
-    Start it before sending the request: a broker may drop replies to a
+    NAME is the caller name of this client's key (admin for cert=admin): nodes reply
+    only to the caller's own reply destinations, and the broker lets each client read
+    only its own. Start it before sending the request: a broker may drop replies to a
     destination nobody listens on yet.
     """
     from ..connectors.destinations import parse_logical
@@ -52,9 +54,10 @@ def replies(destination: str, config_path: str | None, count: int | None, timeou
 
     dest = parse_logical(destination)
     if dest.kind != "reply":
-        raise click.UsageError(f"{destination!r} is not a reply destination (COLLECTIVE.reply.NAME)")
+        raise click.UsageError(f"{destination!r} is not a reply destination (COLLECTIVE.reply.NAME.TAG)")
     inbox: queue.Queue[bytes] = queue.Queue()
     with make_client(config_path, dest.collective) as client:
+        client.check_reply_to(destination)
         client.connect()
         client._connector.subscribe(dest, inbox.put)
         click.echo(f"Waiting for replies on {destination}", err=True)

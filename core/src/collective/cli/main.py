@@ -30,6 +30,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "registry": ("collective.cli.registry:registry", "Collect node registrations into an inventory"),
     "completion": ("collective.cli.extras:completion", "Print the shell completion script"),
     "replies": ("collective.cli.extras:replies", "Collect replies sent with mco rpc --reply-to"),
+    "audit": ("collective.cli.audit:audit", "Check the hash chain of the nodes' audit logs"),
 }
 
 
@@ -95,4 +96,10 @@ def cli() -> None:
 
 def main(argv: list[str] | None = None) -> Any:
     os.environ.setdefault("PYTHONSAFEPATH", "1")
+    import logging
+
+    if not logging.getLogger().handlers:  # warnings to stderr, one printable line each
+        from ..safelog import configure
+
+        configure("WARNING", fmt="%(message)s")
     return cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="mco")

@@ -78,7 +78,9 @@ def build_filter(facts: tuple[str, ...] = (), classes: tuple[str, ...] = (),
 
     ``-S`` expressions are parsed here; one that calls a function is checked
     against the data plugin registry (unknown function, field or argument is a
-    :class:`~collective.compound.FilterSyntaxError`), so nothing bad is sent.
+    :class:`~collective.compound.FilterSyntaxError`), so nothing bad is sent; then
+    the whole filter is checked against the caps of
+    :meth:`~collective.filters.Filter.validate`.
     """
     from ..filters import FactFilter, Filter, parse_fact, parse_with
 
@@ -103,6 +105,7 @@ def build_filter(facts: tuple[str, ...] = (), classes: tuple[str, ...] = (),
             if registry is not None:
                 parse(text, functions=registry)
             flt.compound.append(text)
+    flt.validate()  # the caps on what a filter may cost a node: refused before anything else
     return flt
 
 

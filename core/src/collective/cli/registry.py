@@ -89,10 +89,10 @@ def collect(db: str | None, config_path: str | None, collectives: tuple[str, ...
     from ..connectors.stomp import ConnectorError
     from ..inventory import Collector, Inventory, InventoryError
     from ..plugins import PluginError
+    from ..safelog import configure
     from ..security.base import SecurityError
 
-    logging.basicConfig(level=log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(log_level, stream=sys.stderr)
     logging.getLogger("stomp").setLevel(logging.WARNING)
     log = logging.getLogger("collective.registry")
     try:

@@ -59,7 +59,8 @@ def orchestration_options(func: Any) -> Any:
 @click.option("--no-results", "--nr", "no_results", is_flag=True,
               help="Fire and forget: send, print the request id, do not wait for replies")
 @click.option("--reply-to", default=None, metavar="DESTINATION",
-              help="Have replies sent to COLLECTIVE.reply.NAME for 'mco replies' to collect")
+              help="Have replies sent to COLLECTIVE.reply.NAME.TAG (NAME: your key's caller "
+                   "name) for 'mco replies' to collect")
 @click.option("--filter-replies", "filter_replies", default=None, metavar="EXPR",
               help="Only print replies matching this -S style expression, e.g. 'statuscode=0 and data.ensure=present'")
 @guarded("rpc")

@@ -1,4 +1,4 @@
-"""Discovery methods: how the client learns which nodes a filter selects (REFERENCE A1, A10–A12).
+"""Discovery methods: how the client learns which nodes a filter selects.
 
 Each method is a class registered through the ``collective_discovery_methods`` hook
 (the built-in ones in :mod:`collective.builtins`), with a ``name``, a constructor

@@ -102,7 +102,7 @@ class Result:
         return [r for r in self.replies if not r.ok]
 
     def exit_code(self) -> int:
-        """MCollective's exit status (REFERENCE.md §2f).
+        """MCollective's exit status (docs/decisions.md, Client).
 
         0 all OK; 1 nothing discovered; 2 some replies failed or some nodes did not
         answer; 3 discovered but no replies at all; 4 no discovery and no replies.

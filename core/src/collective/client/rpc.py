@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..config import Config
-from ..connectors.destinations import Destination
+from ..connectors.destinations import Destination, caller_reply_name, parse_logical, reply_owner
 from ..filters import Filter
 from ..message import MalformedMessage, RequestMessage
 from ..plugins import PluginManager, get_plugin_manager, resolve
@@ -60,7 +60,7 @@ class Client:
         self.ttl = int(config["security"]["ttl"])
         self._security: Any = None
         self.sender = config.identity
-        self.reply_dest = Destination.reply(self.collective, f"{self.sender}.{uuid.uuid4().hex}")
+        self._reply_dest: Destination | None = None
         self._connector: Any = None
         self._pending: dict[str, _Pending] = {}
         self._lock = threading.Lock()
@@ -69,6 +69,39 @@ class Client:
         self._ddl_cache: Any = None
         self._warned_formats: set[tuple[str, str, str]] = set()
         self.late_replies = 0
+
+    @property
+    def reply_dest(self) -> Destination:
+        """This client's reply destination, ``COLLECTIVE.reply.NAME.RANDOM`` with NAME
+        its caller name: nodes reply only to a caller's own reply destinations, and the
+        embedded broker lets the client's login (its key name) read only those."""
+        if self._reply_dest is None:
+            self._reply_dest = Destination.reply(
+                self.collective, f"{self.reply_name()}.{uuid.uuid4().hex}")
+        return self._reply_dest
+
+    def reply_name(self) -> str:
+        """NAME in this caller's reply destinations ``COLLECTIVE.reply.NAME.TAG``."""
+        try:
+            return caller_reply_name(self.security.identity)
+        except ValueError as exc:
+            raise ClientError(str(exc)) from None
+
+    def check_reply_to(self, reply_to: str) -> Destination:
+        """``reply_to`` as a destination, if this caller may have replies sent there.
+
+        :raises ClientError: not ``COLLECTIVE.reply.NAME.TAG`` of this collective and caller
+        """
+        expected = f"{self.collective}.reply.{self.reply_name()}.TAG"
+        try:
+            dest = parse_logical(reply_to)
+        except ValueError:
+            dest = None
+        if (dest is None or dest.kind != "reply" or dest.collective != self.collective
+                or reply_owner(dest) != self.reply_name()):
+            raise ClientError(f"--reply-to {reply_to!r} is not a reply destination of this caller "
+                              f"(expected {expected}: nodes reply only to the caller's own)")
+        return dest
 
     @property
     def security(self) -> Any:
@@ -273,15 +306,10 @@ class Client:
         with it, their replies go to that reply destination for someone else to
         collect (``--reply-to``, ``mco replies``).
         """
-        from ..connectors.destinations import parse_logical
-
         flt = filter or Filter()
         data = self.validate(agent, action, data, filter=flt, nodes=nodes)
         if reply_to is not None:
-            dest = parse_logical(reply_to)
-            if dest.kind != "reply" or dest.collective != self.collective:
-                raise ClientError(f"--reply-to {reply_to!r} is not a reply destination of collective "
-                                  f"{self.collective} (expected {self.collective}.reply.NAME)")
+            self.check_reply_to(reply_to)
         targets = sorted(set(nodes)) if nodes is not None else (
             sorted(set(flt.identity)) if flt.is_identity_only() else None)
         self.connect()

@@ -20,6 +20,13 @@ reply       ``/queue/C.reply.ID``           SUB ``/queue/C.reply.ID`` + args;   
 registr.    ``/topic/C.registration``       ``/topic/C.registration``           ``/topic/C.registration.agent``
 ==========  ==============================  ==================================  ==============================
 
+Reply destinations belong to a caller: ``C.reply.NAME.TAG`` where NAME is the name part
+of the caller id (``admin`` for ``cert=admin``) and TAG one dot-free word (the client
+uses a random 128-bit hex string; ``mco rpc --reply-to C.reply.admin.job1`` names its
+own). The daemon replies only to a ``reply_to`` of the request's caller
+(:func:`reply_owner`, :func:`caller_reply_name`), and the embedded broker lets a client
+login read only ``C.reply.LOGIN.*``, so one client cannot read or steer another's replies.
+
 Registrations go to a *topic*: every collector subscribed at the time gets each one,
 nobody stores them (a collector that was down simply waits for the next interval).
 On ActiveMQ the topic is the one MCollective's ``registration`` agent listened on, so
@@ -31,7 +38,7 @@ auto-delete queue per subscription: at-most-once, like MCollective). Node and re
 queues are declared by the *subscriber* with ``durable=true, auto-delete=false`` plus
 ``x-expires`` (the queue disappears when nobody has used it for a while), and node
 queues get ``x-message-ttl`` and ``x-max-length`` so a dead node cannot fill the broker
-(THREATS R1/R9). Senders use ``/amq/queue/NAME``, which publishes to an existing queue
+(docs/security.md R1/R9). Senders use ``/amq/queue/NAME``, which publishes to an existing queue
 without re-declaring it: no ``PRECONDITION_FAILED`` when arguments differ, and a message
 for a queue that does not exist is dropped rather than creating an unbounded queue.
 (Verified on RabbitMQ 3.10: with ``durable=false`` the STOMP plugin deletes the queue
@@ -54,12 +61,14 @@ FLAVOURS: tuple[str, ...] = ("embedded", "rabbitmq", "activemq")
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # collective, node identity
 AGENT_RE = re.compile(r"^[a-z0-9_]{1,64}$")
 REPLY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
+#: The last, dot-free part of a reply id: ``C.reply.NAME.TAG``.
+REPLY_TAG_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 _KIND_WORD = {"broadcast": "broadcast", "directed": "node", "reply": "reply"}
 _WORD_KIND: dict[str, Kind] = {"broadcast": "broadcast", "node": "directed", "reply": "reply"}
 REGISTRATION_WORD = "registration"
 
-#: RabbitMQ queue arguments (THREATS R1): an unused queue is deleted after 2 minutes;
+#: RabbitMQ queue arguments (docs/security.md R1): an unused queue is deleted after 2 minutes;
 #: a node queue keeps a request at most 10 minutes (``security.max_ttl``) and at most
 #: 1000 of them (oldest dropped first); a reply queue at most 10000 replies.
 RABBITMQ_QUEUE_EXPIRES_MS = 120_000
@@ -161,6 +170,29 @@ def parse_logical(text: str) -> Destination:
                          "(expected COLLECTIVE.broadcast.AGENT, COLLECTIVE.node.IDENTITY, "
                          "COLLECTIVE.reply.ID or COLLECTIVE.registration)")
     return readings.pop()
+
+
+def caller_reply_name(caller: str) -> str:
+    """The NAME of a caller's reply destinations ``C.reply.NAME.TAG``: the part of the
+    caller id after ``=`` (``cert=admin`` -> ``admin``).
+
+    :raises ValueError: when that part cannot stand in a reply id
+    """
+    name = caller.partition("=")[2] if isinstance(caller, str) else ""
+    if not name or not REPLY_ID_RE.fullmatch(name) or len(name) > 63:
+        raise ValueError(f"caller id {caller!r} has no name usable in a reply destination "
+                         f"(must match {REPLY_ID_RE.pattern}, at most 63 characters)")
+    return name
+
+
+def reply_owner(dest: Destination) -> str | None:
+    """NAME of a reply destination ``C.reply.NAME.TAG``; None for any other shape."""
+    if dest.kind != "reply":
+        return None
+    name, dot, tag = dest.name.rpartition(".")
+    if not dot or not name or not REPLY_TAG_RE.fullmatch(tag):
+        return None
+    return name
 
 
 def _flavour(flavour: str) -> str:

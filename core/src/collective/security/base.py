@@ -1,6 +1,6 @@
 """The security provider interface, its errors and the identity-binding checks.
 
-Order on receipt (THREATS §4): size → strict outer parse → key lookup → signature over
+Order on receipt: size → strict outer parse → key lookup → signature over
 the received body bytes → strict body parse and envelope schema → identity binding.
 :meth:`SecurityProvider.verify` does the first four (and raises
 :class:`~collective.message.MalformedMessage` or :class:`SecurityError`);
@@ -56,7 +56,7 @@ class SecurityError(Exception):
     ``reason`` is the counter/audit code: ``bad_signature``, ``unknown_key``,
     ``caller_mismatch``, ``sender_mismatch``, ``identity_mismatch``, ``request_mismatch``, ``wrong_role``,
     ``wrong_alg``, ``revoked``, ``malformed``, ``config``, ``insecure_file``,
-    ``expired``, ``future``, ``ttl_too_long``, ``replayed``, ``replay_cache_full``.
+    ``expired``, ``future``, ``ttl_too_long``, ``replayed``, ``replay_window``.
     """
 
     def __init__(self, reason: str, message: str = "") -> None:

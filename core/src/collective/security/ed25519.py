@@ -14,7 +14,7 @@ Config keys (section ``security``):
 
 The trust store is read once (and again on :meth:`Ed25519Provider.reload`) and cached
 by key id; verification never touches the file system and nothing is ever learned from
-the network: a message has no field that could add a key (THREATS S5, CVE-2014-3251,
+the network: a message has no field that could add a key (docs/security.md S5, CVE-2014-3251,
 CVE-2017-2298). File names are checked against the identity grammar and resolved
 inside the trust dir before a key is loaded (S10).
 """
@@ -33,7 +33,15 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from ..message import decode_wire, encode_wire
 from .base import Purpose, Role, SecurityError, SecurityProvider, Verified, check_purpose
-from .keys import TRUST_KINDS, key_id, key_path, load_private_key, load_public_key, validate_name
+from .keys import (
+    TRUST_KINDS,
+    key_id,
+    key_path,
+    load_private_key,
+    load_public_key,
+    trust_problem,
+    validate_name,
+)
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -68,13 +76,9 @@ def _check_dir(path: Path) -> None:
     st = os.stat(path)
     if not stat.S_ISDIR(st.st_mode):
         raise SecurityError("config", f"trust directory {path} is not a directory")
-    mode = stat.S_IMODE(st.st_mode)
-    if mode & 0o022:
-        raise SecurityError(
-            "insecure_file",
-            f"trust directory {path} has mode {mode:04o}: it must not be writable by group or "
-            f"others (chmod go-w '{path}')",
-        )
+    problem = trust_problem(path, st, "trust directory")
+    if problem:
+        raise SecurityError("insecure_file", problem)
 
 
 def load_trust_store(trust_dir: Path) -> dict[str, TrustedKey]:
@@ -100,12 +104,12 @@ def load_trust_store(trust_dir: Path) -> dict[str, TrustedKey]:
             name = entry.name[: -len(".pub")]
             try:
                 path = key_path(trust_dir, kind, name)  # grammar + confinement first
-                mode = stat.S_IMODE(os.stat(path).st_mode)
-                if mode & 0o022:
-                    raise ValueError(f"mode {mode:04o} lets group or others replace the key")
+                problem = trust_problem(path, os.stat(path), "trusted key")
+                if problem:
+                    raise ValueError(problem)
                 public_key = load_public_key(path)
             except (ValueError, OSError) as exc:
-                log.warning("trust store: ignoring %s: %s", entry, exc)
+                log.error("trust store: refusing %s: %s", entry, exc)
                 continue
             kid = key_id(public_key)
             if kid in store or kid in ambiguous:

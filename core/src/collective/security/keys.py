@@ -2,7 +2,7 @@
 
 Private keys are PEM PKCS#8 files created with ``os.open(..., O_CREAT|O_EXCL, 0o600)``
 so they are never readable by others, not even for an instant and not even under
-``umask 000`` (THREATS S16). Public keys are PEM SubjectPublicKeyInfo files. The
+``umask 000`` (docs/security.md S16). Public keys are PEM SubjectPublicKeyInfo files. The
 key id is the first 16 hex digits of sha256 over the 32 raw public key bytes.
 """
 
@@ -76,6 +76,24 @@ def _describe_mode(path: Path, st: os.stat_result) -> str | None:
                 f"it must not be accessible by group or others (chmod 600 '{path}')")
     if st.st_uid not in (os.geteuid(), 0):
         return f"secret file '{path}' is owned by uid {st.st_uid}, not by this user or root"
+    return None
+
+
+def trust_problem(path: str | Path, st: os.stat_result, what: str) -> str | None:
+    """Why a file or directory that decides whom to trust (a trusted key, a policy
+    file, their directories) must not be used, or None.
+
+    Refused: writable by group or others, or owned by a user other than root or the
+    one this process runs as; each could let another local user change who is trusted.
+    """
+    mode = stat.S_IMODE(st.st_mode)
+    if mode & 0o022:
+        return (f"{what} {path} has mode {mode:04o}: it must not be writable by group or others "
+                f"(chmod go-w '{path}')")
+    euid = os.geteuid()
+    if st.st_uid not in (0, euid):
+        return (f"{what} {path} is owned by uid {st.st_uid}: it must be owned by root or by the "
+                f"user collectived runs as (uid {euid})")
     return None
 
 

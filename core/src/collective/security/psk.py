@@ -6,7 +6,7 @@
    holder of the key can sign anything. Every node holds the key, so one compromised
    node can forge requests from any caller and replies from any node. PSK plus
    caller-based authorization policy is therefore *not* a security boundary
-   (THREATS §4, S1, S13). Use the ``ed25519`` provider for anything real.
+   (docs/security.md S4, S1, S13). Use the ``ed25519`` provider for anything real.
 
 Config keys: ``security.psk_file`` (the key; mode 0600 required; surrounding
 whitespace is stripped) and, on a client, ``security.identity`` (the caller id is

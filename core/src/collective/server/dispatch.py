@@ -2,11 +2,14 @@
 
 :class:`AgentHost` holds the agents of one node. The daemon calls
 :meth:`AgentHost.prepare` on its receive thread (cheap: names, DDL validation,
-authorization) and :meth:`AgentHost.run` in a worker pool with the DDL timeout.
-Both only read state built by :meth:`AgentHost.load`, so they are thread-safe;
+authorization), then either :meth:`AgentHost.run` (the action in this process, on a
+thread) or :meth:`AgentHost.job` / :meth:`AgentHost.finish` around a worker process that
+runs it (:mod:`collective.server.workers`): the job is what the worker needs, the worker
+calls :func:`invoke`, and ``finish`` checks its result as ``run`` would have.
+All of them only read state built by :meth:`AgentHost.load`, so they are thread-safe;
 on SIGHUP the daemon builds a new host rather than changing this one.
 
-Order matters (THREATS S6): unknown agent or action (status 2) before anything
+Order matters (docs/security.md S6): unknown agent or action (status 2) before anything
 else, then DDL validation (3 or 4), then authorization (1), and only then the
 action; an agent's code never runs for a request that failed any of them.
 """
@@ -315,34 +318,43 @@ class AgentHost:
         return self._data_instances
 
     def run(self, call: CallInfo) -> Outcome:
-        """Run the action (calling :meth:`prepare` first if it was not) and map
+        """Run the action here (calling :meth:`prepare` first if it was not) and map
         exceptions to status codes. Never raises."""
+        job = self.job(call)
+        if isinstance(job, Outcome):
+            return job
+        agent = self.agents[call.agent]
+        func = self._actions[call.agent][call.action]
+        code, message, data = invoke(agent, func, job)
+        return self.finish(call, {"statuscode": code, "statusmsg": message, "data": data})
+
+    def job(self, call: CallInfo) -> dict[str, Any] | Outcome:
+        """What a worker needs to run ``call`` (JSON-able), or the refusal when
+        :meth:`prepare` (called if it was not) refuses it."""
         if call._prepared is None or call._prepared[0] is not self:
             refused = self.prepare(call)
             if refused is not None:
                 return refused
         assert call._prepared is not None
-        data = call._prepared[1]
-        agent = self.agents[call.agent]
-        func = self._actions[call.agent][call.action]
-        act = agent.ddl.actions[call.action]  # type: ignore[union-attr]
-        request = Request(data, id=call.request_id, caller=call.caller, sender=call.sender,
-                          agent=call.agent, action=call.action, collective=call.collective,
-                          time=call.time)
-        reply = Reply(act.output_defaults())
-        try:
-            func(agent, request, reply)
-        except (RPCError, RequestError) as exc:
-            code = exc.statuscode if isinstance(exc.statuscode, int) and 1 <= exc.statuscode <= 5 else 5
-            log.info("%s#%s (request %s) failed with status %d: %s", call.agent, call.action,
-                     call.request_id, code, exc)
-            reply.fail(str(exc) or _REASONS[code], code)
-        except (Exception, SystemExit) as exc:
-            log.exception("%s#%s (request %s) raised", call.agent, call.action, call.request_id)
-            reply.fail(f"Unknown error in {call.agent}#{call.action}: {_short_error(exc)}", 5)
-        for problem in act.validate_output(reply.data):
+        act = self.agents[call.agent].ddl.actions[call.action]  # type: ignore[union-attr]
+        return {"agent": call.agent, "action": call.action, "data": dict(call._prepared[1]),
+                "defaults": act.output_defaults(),
+                "request": {"id": call.request_id, "caller": call.caller, "sender": call.sender,
+                            "agent": call.agent, "action": call.action,
+                            "collective": call.collective, "time": call.time}}
+
+    def finish(self, call: CallInfo, result: Mapping[str, Any]) -> Outcome:
+        """The outcome of ``call`` from what :func:`invoke` returned (here or in a worker):
+        the output is checked against the DDL and must be JSON."""
+        act = self.agents[call.agent].ddl.actions[call.action]  # type: ignore[union-attr]
+        code = result.get("statuscode")
+        code = code if isinstance(code, int) and 0 <= code <= 5 else 5
+        message = str(result.get("statusmsg", ""))
+        out = result.get("data")
+        if not isinstance(out, dict):
+            out = act.output_defaults()
+        for problem in act.validate_output(out):
             log.warning("%s (request %s)", problem, call.request_id)
-        out = dict(reply.data)
         try:
             json.dumps(out, allow_nan=False)
         except (TypeError, ValueError) as exc:
@@ -350,8 +362,31 @@ class AgentHost:
                       call.action, call.request_id, exc)
             return Outcome(5, f"Unknown error in {call.agent}#{call.action}: the reply data "
                               "cannot be encoded as JSON", act.output_defaults(), "allow", "error")
-        code = reply.statuscode
-        return Outcome(code, reply.statusmsg, out, "allow", _REASONS.get(code, "error"))
+        return Outcome(code, message, out, "allow", _REASONS.get(code, "error"))
+
+
+def invoke(agent: Any, func: Any, job: Mapping[str, Any]) -> tuple[int, str, dict[str, Any]]:
+    """Call ``func(agent, request, reply)`` for ``job`` (:meth:`AgentHost.job`) and map
+    exceptions to status codes, as MCollective's ``handlemsg`` does. Never raises.
+
+    :returns: ``(statuscode, statusmsg, reply data)``
+    """
+    meta = job["request"]
+    label = f"{meta['agent']}#{meta['action']}"
+    request = Request(job["data"], id=meta["id"], caller=meta["caller"], sender=meta["sender"],
+                      agent=meta["agent"], action=meta["action"],
+                      collective=meta["collective"], time=meta["time"])
+    reply = Reply(job["defaults"])
+    try:
+        func(agent, request, reply)
+    except (RPCError, RequestError) as exc:
+        code = exc.statuscode if isinstance(exc.statuscode, int) and 1 <= exc.statuscode <= 5 else 5
+        log.info("%s (request %s) failed with status %d: %s", label, meta["id"], code, exc)
+        reply.fail(str(exc) or _REASONS[code], code)
+    except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        log.exception("%s (request %s) raised", label, meta["id"])
+        reply.fail(f"Unknown error in {label}: {_short_error(exc)}", 5)
+    return reply.statuscode, reply.statusmsg, dict(reply.data)
 
 
 class _LazyResolver:

@@ -1,6 +1,9 @@
 """``collectived``: the node daemon's command line.
 
-Signals: SIGTERM / SIGINT stop; SIGUSR1 reopens the audit log; SIGHUP reloads
+Signals: SIGTERM / SIGINT stop: no new work is taken, in-flight actions get
+``server.stop_grace`` seconds (default 10) to finish and send their replies, then what
+is left is ended (status 5 replies); a second SIGTERM ends them at once. SIGUSR1
+reopens the daemon's log file and the audit log (after logrotate moved them); SIGHUP reloads
 (:mod:`collective.server.reload`: in place when the installed code is unchanged,
 else a checked re-exec that keeps the PID). ``--check`` loads the config and every
 plugin without connecting and says what would be served.
@@ -35,11 +38,27 @@ def _version_text() -> str:
 
 def _setup_logging(level: str, path: str | None) -> None:
     handler: logging.Handler = logging.FileHandler(path) if path else logging.StreamHandler()
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    from ..safelog import SafeFormatter  # request text never forges a log line
+
+    handler.setFormatter(SafeFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("stomp").setLevel(logging.WARNING)
+
+
+def _reopen_logs() -> None:
+    """Reopen every log file of the root logger (SIGUSR1, after logrotate moved it)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler):
+            try:
+                old = handler.setStream(handler._open())
+            except OSError as exc:
+                logging.getLogger("collectived").error("cannot reopen %s: %s",
+                                                       handler.baseFilename, exc)
+                continue
+            if old is not None:
+                old.close()
 
 
 def _check(config_path: str | None, as_json: bool) -> int:
@@ -95,9 +114,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _serve(args: argparse.Namespace, can_reexec: bool) -> int:
     stop = threading.Event()
+    stop_now = threading.Event()  # a second SIGTERM: no more grace
     reload_requested = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    reopen_requested = threading.Event()
+
+    def on_stop(*_: Any) -> None:
+        (stop_now if stop.is_set() else stop).set()
+
+    signal.signal(signal.SIGTERM, on_stop)
+    signal.signal(signal.SIGINT, on_stop)
 
     from .reload import Handover, Reloader, accept_sighup, exec_argv, take_fingerprint
 
@@ -132,7 +157,9 @@ def _serve(args: argparse.Namespace, can_reexec: bool) -> int:
         Path(pidfile).write_text(f"{os.getpid()}\n")
 
     current = {"daemon": daemon}
-    signal.signal(signal.SIGUSR1, lambda *_: current["daemon"].audit.reopen())
+    # the reopening happens in the main loop, never inside a handler that may have
+    # interrupted a write holding the same lock
+    signal.signal(signal.SIGUSR1, lambda *_: reopen_requested.set())
 
     def launch(node: Daemon, taken: Handover | None) -> None:
         if taken is not None:
@@ -153,6 +180,9 @@ def _serve(args: argparse.Namespace, can_reexec: bool) -> int:
                          "; ".join(taken.changes) or "no change", time.time() - taken.sighup_at,
                          taken.drain_seconds)
 
+        # The worker processes start here, on the main thread: it lives as long as the
+        # daemon, so the zygote can take a parent-death signal from it.
+        node.start_workers()
         # Connect on a thread: a broker that is down at start must not make SIGTERM wait.
         threading.Thread(target=run, name="connect", daemon=True).start()
 
@@ -166,6 +196,11 @@ def _serve(args: argparse.Namespace, can_reexec: bool) -> int:
     reloader = Reloader(config.path, fingerprint, exec_argv() if can_reexec else None,
                         rebuild=rebuild)
     while not stop.wait(0.2):
+        if reopen_requested.is_set():
+            reopen_requested.clear()
+            _reopen_logs()
+            current["daemon"].audit.reopen()
+            log.info("reopened the log and audit files (SIGUSR1)")
         if reload_requested.is_set():
             reload_requested.clear()
             try:
@@ -173,7 +208,7 @@ def _serve(args: argparse.Namespace, can_reexec: bool) -> int:
             except Exception:  # a bad reload must not take the node down
                 log.exception("reload failed; keeping the previous state")
     log.info("shutting down")
-    current["daemon"].stop()
+    current["daemon"].shutdown(abort=stop_now)
     if pidfile:
         Path(pidfile).unlink(missing_ok=True)
     return 0

@@ -49,8 +49,11 @@ class WorkerPool:
         self.in_flight = 0
 
     def submit(self, work: Callable[[], Any], on_done: Callable[[Any], None],
-               on_timeout: Callable[[], None], timeout: float) -> None:
-        """Run ``work`` and pass its result to ``on_done``, or call ``on_timeout``.
+               on_timeout: Callable[[], None], timeout: float,
+               on_cancel: Callable[[], None] | None = None) -> None:
+        """Run ``work`` and pass its result to ``on_done``, or call ``on_timeout``; a job
+        that never started because the pool was shut down gets ``on_cancel`` (so every
+        accepted job is answered).
 
         :raises PoolFull: when ``workers + max_queued`` jobs are already accepted.
         """
@@ -82,7 +85,22 @@ class WorkerPool:
             if job.claim() and result is not None:
                 on_done(result)
 
-        self._executor.submit(run)
+        def cancelled(future: Any) -> None:
+            if not future.cancelled():
+                return
+            with self._lock:
+                self.in_flight -= 1
+            self._slots.release()
+            if job.claim() and on_cancel is not None:
+                on_cancel()
+
+        try:
+            self._executor.submit(run).add_done_callback(cancelled)
+        except RuntimeError:  # shut down: nothing was queued
+            with self._lock:
+                self.in_flight -= 1
+            self._slots.release()
+            raise
 
     def shutdown(self, wait: bool = True) -> None:
         self._executor.shutdown(wait=wait, cancel_futures=True)

@@ -1,4 +1,4 @@
-"""Periodic registration: a node publishes who it is and what it has (REFERENCE H1).
+"""Periodic registration: a node publishes who it is and what it has.
 
 With ``server.registration_interval`` > 0 the daemon starts a
 :class:`RegistrationPublisher`. Soon after start, and then every interval (±10 %

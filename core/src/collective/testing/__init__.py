@@ -39,7 +39,9 @@ class InProcessNode:
     and dispatch exactly as ``collectived`` does after verifying a request.
 
     Without ``authorizer``, ``authorization.provider`` in ``config`` is resolved
-    through the ``collective_authorizers`` hook of ``plugins``, as the daemon does.
+    through the ``collective_authorizers`` hook of ``plugins``, as the daemon does; with
+    neither, every caller is allowed (the node tests actions; a daemon without a provider
+    denies everything unless ``authorization.allow_unconfigured`` is set).
     Facts come from ``facts.static`` in ``config``; ``classes`` are the node's
     classes. Data plugins (``fstat(...)`` in policies) are those of ``plugins``
     plus the built-ins.
@@ -93,7 +95,12 @@ def collective_node() -> Callable[..., InProcessNode]:
 
 @pytest.fixture
 def collective_broker() -> Iterator[Any]:
-    """A running embedded broker on 127.0.0.1 with an ephemeral port (``.port``)."""
+    """A running embedded broker on 127.0.0.1 with an ephemeral port (``.port``).
+
+    It asks no login (a broker the test runs in its own process, loopback only); ``mco
+    broker`` and the fleet always require logins. For users and per-destination
+    permissions build ``EmbeddedBroker(auth=BrokerAuth([User(...), ...]))``
+    (:mod:`collective.broker.auth`)."""
     from ..broker import EmbeddedBroker
 
     broker = EmbeddedBroker(host="127.0.0.1", port=0)

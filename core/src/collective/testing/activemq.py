@@ -86,6 +86,51 @@ def activemq_available() -> str | None:
     return None
 
 
+def collective_authorization(nodes: list[str], clients: list[str],
+                             collectives: tuple[str, ...] = ("mcollective",),
+                             admin_group: str = "collective") -> tuple[dict[str, str], str]:
+    """ActiveMQ groups and ``authorizationEntries`` for collective node and client users
+    (the destination layout of :mod:`collective.connectors.destinations`, flavour
+    ``activemq``).
+
+    Returns ``(groups, entries_xml)``: ``groups`` maps each login to its groups
+    (``collective-nodes`` or ``collective-clients,client-LOGIN``). Nodes read the
+    broadcast topics ``C.*.agent`` and the shared directed queue ``C.nodes``, write
+    replies and registrations; clients write requests and read only their reply queues
+    ``C.reply.LOGIN.*``. ``admin_group`` keeps every right (the harness's own user).
+    ActiveMQ cannot restrict the *selector* a node subscribes to ``C.nodes`` with, so
+    on ActiveMQ a node login can still take another node's directed requests.
+    """
+    from xml.sax.saxutils import quoteattr as q
+
+    nodes_g, clients_g = "collective-nodes", "collective-clients"
+    both = f"{nodes_g},{clients_g}"
+    groups = {login: nodes_g for login in nodes}
+    groups.update({login: f"{clients_g},client-{login}" for login in clients})
+    lines = [
+        f'<authorizationEntry queue=">" read={q(admin_group)} write={q(admin_group)} '
+        f'admin={q(admin_group)}/>',
+        f'<authorizationEntry topic=">" read={q(admin_group)} write={q(admin_group)} '
+        f'admin={q(admin_group)}/>',
+        f'<authorizationEntry topic="ActiveMQ.Advisory.>" read="{both}" write="{both}" '
+        f'admin="{both}"/>',
+    ]
+    for c in collectives:
+        lines += [
+            f'<authorizationEntry topic={q(c + ".*.agent")} read="{nodes_g}" write="{clients_g}" '
+            f'admin="{both}"/>',
+            f'<authorizationEntry queue={q(c + ".nodes")} read="{nodes_g}" write="{clients_g}" '
+            f'admin="{both}"/>',
+            f'<authorizationEntry topic={q(c + ".registration.agent")} read="{clients_g}" '
+            f'write="{nodes_g}" admin="{both}"/>',
+        ]
+        for login in clients:
+            group = f"client-{login}"
+            lines.append(f'<authorizationEntry queue={q(f"{c}.reply.{login}.*")} '
+                         f'read={q(group)} write="{nodes_g}" admin={q(f"{nodes_g},{group}")}/>')
+    return groups, "\n".join(lines)
+
+
 class ActiveMQError(RuntimeError):
     """The private broker could not be started."""
 
@@ -124,9 +169,19 @@ class ActiveMQServer:
     """
 
     def __init__(self, *, user: str = "collective", start_timeout: float = 90.0,
-                 base_dir: str | Path | None = None, keep_base_dir: bool = False) -> None:
+                 base_dir: str | Path | None = None, keep_base_dir: bool = False,
+                 users: dict[str, str] | None = None, authorization: str | None = None) -> None:
+        """:param users: more logins, each ``login -> groups`` (a password is generated:
+            :attr:`passwords`)
+        :param authorization: ``authorizationEntry`` elements; with them an
+            ``authorizationPlugin`` is on and ``user`` (group ``collective``) needs its own
+            entries (see :func:`collective_authorization`)
+        """
         self.user = user
         self.password = secrets.token_urlsafe(18)
+        self.users = dict(users or {})
+        self.passwords = {login: secrets.token_urlsafe(18) for login in self.users}
+        self.authorization = authorization
         self.start_timeout = start_timeout
         self._given_base = Path(base_dir) if base_dir else None
         self.keep_base_dir = keep_base_dir
@@ -156,6 +211,16 @@ class ActiveMQServer:
     def activemq_xml(self) -> str:
         """The broker configuration: STOMP on 127.0.0.1 only, no JMX, no persistence."""
         data = str(self.data_dir)
+        extra_users = "\n".join(
+            f"          <authenticationUser username={quoteattr(login)} "
+            f"password={quoteattr(self.passwords[login])} groups={quoteattr(groups)}/>"
+            for login, groups in self.users.items())
+        authorization = ""
+        if self.authorization:
+            authorization = ("      <authorizationPlugin><map><authorizationMap>"
+                             "<authorizationEntries>\n" + self.authorization +
+                             "\n      </authorizationEntries></authorizationMap></map>"
+                             "</authorizationPlugin>")
         # Broker child elements in alphabetical order (the 5.x schema wants that).
         return f"""<?xml version="1.0" encoding="UTF-8"?>
 <!-- private test broker written by collective.testing.activemq -->
@@ -176,8 +241,10 @@ class ActiveMQServer:
         <users>
           <authenticationUser username={quoteattr(self.user)}
                               password={quoteattr(self.password)} groups="collective"/>
+{extra_users}
         </users>
       </simpleAuthenticationPlugin>
+{authorization}
     </plugins>
     <systemUsage>
       <systemUsage>
@@ -320,8 +387,12 @@ class ActiveMQServer:
         if self.base_dir is not None and not self.keep_base_dir:
             shutil.rmtree(self.base_dir, ignore_errors=True)
 
-    def broker_config(self) -> dict[str, Any]:
-        """The ``broker`` section of a collective config pointing at this broker."""
+    def broker_config(self, login: str | None = None) -> dict[str, Any]:
+        """The ``broker`` section of a collective config pointing at this broker (logged in
+        as ``login``, one of ``users``, when given)."""
+        if login is not None:
+            return {"flavour": "activemq", "host": "127.0.0.1", "port": self.stomp_port,
+                    "user": login, "password": self.passwords[login]}
         return {"flavour": "activemq", "host": "127.0.0.1", "port": self.stomp_port,
                 "user": self.user, "password": self.password}
 

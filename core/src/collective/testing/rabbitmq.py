@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -60,6 +61,39 @@ def rabbitmq_available() -> str | None:
     return None
 
 
+
+
+def collective_permissions(role: str, login: str,
+                           collectives: tuple[str, ...] = ("mcollective",)) -> dict[str, str]:
+    """The RabbitMQ permissions of a collective ``node`` or ``client`` user (the same rules
+    as the embedded broker's roles, :mod:`collective.broker.auth`).
+
+    Returns the regexes for ``rabbitmqctl set_permissions`` (``configure``, ``write``,
+    ``read``) and ``set_topic_permissions`` on ``amq.topic`` (``topic_write``,
+    ``topic_read``). A node declares and reads only its own queue ``C.node.LOGIN`` and
+    binds only to the broadcast routing keys; a client declares and reads only its reply
+    queues ``C.reply.LOGIN.TAG`` and publishes only broadcast routing keys. Both publish to
+    ``amq.default`` (directed requests and replies go to ``/amq/queue/NAME``), which
+    RabbitMQ cannot restrict by queue name: a node could still push a message into another
+    node's queue, where the signature check refuses it (a node key cannot sign requests).
+    ``stomp-subscription-*`` are the STOMP plugin's own queues for ``/topic/``
+    subscriptions.
+    """
+    c = "(" + "|".join(re.escape(name) for name in collectives) + ")"
+    user = re.escape(login)
+    sub = r"stomp-subscription-.+"
+    write = rf"^(amq\.default|amq\.topic|{sub})$"
+    if role == "node":
+        own = rf"{c}\.node\.{user}"
+        return {"configure": rf"^({own}|{sub})$", "write": write,
+                "read": rf"^({own}|amq\.topic|{sub})$",
+                "topic_write": rf"^{c}\.registration$", "topic_read": rf"^{c}\.broadcast\.[^.]+$"}
+    if role == "client":
+        own = rf"{c}\.reply\.{user}\.[^.]+"
+        return {"configure": rf"^({own}|{sub})$", "write": write,
+                "read": rf"^({own}|amq\.topic|{sub})$",
+                "topic_write": rf"^{c}\.broadcast\.[^.]+$", "topic_read": rf"^{c}\.registration$"}
+    raise ValueError(f"unknown role {role!r} (node or client)")
 
 
 class RabbitMQError(RuntimeError):
@@ -247,6 +281,19 @@ class RabbitMQServer:
             raise RabbitMQError(f"rabbitmqctl {' '.join(args)} failed ({proc.returncode}): "
                                 f"{(proc.stderr or proc.stdout).strip()}")
         return proc
+
+    def add_collective_user(self, login: str, role: str,
+                            collectives: tuple[str, ...] = ("mcollective",)) -> dict[str, Any]:
+        """Create ``login`` with a fresh password and :func:`collective_permissions` on the
+        vhost; returns the ``broker`` config section that logs in as it."""
+        password = secrets.token_urlsafe(18)
+        perms = collective_permissions(role, login, collectives)
+        self.rabbitmqctl("add_user", login, password)
+        self.rabbitmqctl("set_permissions", "-p", self.vhost, login,
+                         perms["configure"], perms["write"], perms["read"])
+        self.rabbitmqctl("set_topic_permissions", "-p", self.vhost, login, "amq.topic",
+                         perms["topic_write"], perms["topic_read"])
+        return {**self.broker_config(), "user": login, "password": password}
 
     def log_tail(self, lines: int = 30) -> str:
         if self.base_dir is None:

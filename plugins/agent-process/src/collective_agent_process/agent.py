@@ -1,7 +1,7 @@
 """The ``process`` agent (MCollective ``process`` agent 3.0.0 / the older 1.3 ``kill``).
 
 ``list`` matches ``pattern`` as a *literal substring* of each command line unless
-``regex=true`` (THREATS S9: MCollective interpolated the pattern into a Ruby regex).
+``regex=true`` (docs/security.md S9: MCollective interpolated the pattern into a Ruby regex).
 A regex is first checked by :func:`collective.filters.compile_regex` (length cap,
 nested quantifiers such as ``(a+)+`` refused, status 4), then matched in a
 separate Python process (``sys.executable -I -S``, the pattern and command lines on
@@ -221,9 +221,10 @@ class Process(Agent):
         me = psutil.Process()
         if pid == me.pid or pid in {t.id for t in me.threads()}:
             raise Aborted(f"Refusing to signal pid {pid}: it is the collectived daemon itself")
-        if pid in {p.pid for p in me.parents()}:
-            raise Aborted(f"Refusing to signal pid {pid}: it is an ancestor of the collectived "
-                          "daemon")
+        for parent in me.parents():  # the daemon, its worker launcher, what started it
+            if parent.pid == pid:
+                raise Aborted(f"Refusing to signal pid {pid}: it is "
+                              f"{_describe_ancestor(parent)}")
         leader = _thread_group(pid)
         if leader is not None and leader != pid:
             raise Aborted(f"Refusing to signal pid {pid}: it is a thread of process {leader}; "
@@ -273,3 +274,17 @@ def run_matcher(doc: str, budget: float) -> list[Any]:
     if not isinstance(result, list):
         raise ValueError("matcher returned no list")
     return result
+
+
+def _describe_ancestor(proc: Any) -> str:
+    """What an ancestor of the process running this action is, for a refusal: actions
+    run in a worker process forked by collectived's worker launcher (its zygote)."""
+    try:
+        cmdline = " ".join(proc.cmdline())
+    except Exception:  # gone, or not ours to read
+        cmdline = ""
+    if "collective.server.worker" in cmdline:
+        return "collectived's worker launcher"
+    if "collective.server.main" in cmdline or "collectived" in cmdline:
+        return "the collectived daemon itself"
+    return "an ancestor of the collectived daemon"

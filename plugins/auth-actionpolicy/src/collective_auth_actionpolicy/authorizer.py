@@ -11,12 +11,12 @@ Which file decides (MCollective ``lookup_policy_file``):
 Files are re-read when they change: every ``authorize`` stats the files it
 needs (inode, size, mtime, ctime) and re-parses a changed one; ``reload()``
 (SIGHUP) forces a re-read of all. A file that fails to parse, cannot be read or
-is writable by others (THREATS S16) is an error: the last good version of that
+is writable by others (docs/security.md S16) is an error: the last good version of that
 file stays in force and the error is logged once with ``file:line:col``; when
 the file never had a good version, every request it governs is denied (fail
 closed) with the error as the reason. The agent name is checked against
 ``^[a-z0-9_]{1,64}$`` before any path is built, and the path must resolve
-inside ``policy_dir`` (THREATS S10).
+inside ``policy_dir`` (docs/security.md S10).
 
 Config (``plugins.actionpolicy``): ``policy_dir`` (default ``policies`` next to
 the server config file; relative paths are relative to that file's
@@ -39,6 +39,7 @@ from typing import Any
 
 from collective.authz import AuthzContext, Decision
 from collective.config import ConfigError
+from collective.security.keys import trust_problem
 
 from .parser import MAX_FILE_BYTES, Groups, Policy, PolicyError, parse_groups, parse_policy
 from .policy import Request, Verdict, evaluate_policy
@@ -157,10 +158,10 @@ class FileCache:
             if not stat.S_ISREG(st.st_mode):
                 return self._failed(path, entry, signature,
                                     PolicyError("not a regular file", str(path)), what)
-            if st.st_mode & stat.S_IWOTH:
-                return self._failed(path, entry, signature, PolicyError(
-                    f"refusing a {what} that anyone may write (mode {stat.S_IMODE(st.st_mode):o})",
-                    str(path)), what)
+            unsafe = trust_problem(path, st, what)
+            if unsafe:
+                return self._failed(path, entry, signature,
+                                    PolicyError(f"refused: {unsafe}", str(path)), what)
             chunks, total = [], 0
             while True:
                 chunk = os.read(fd, 1 << 16)
@@ -208,6 +209,7 @@ class ActionPolicyAuthorizer:
     def __init__(self, config: Any = None, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else Settings.from_config(config)
         self._cache = FileCache()
+        self._dir_problem: str | None = None
         if not self.settings.policy_dir.is_dir():
             log.warning("actionpolicy: policy directory %s does not exist; requests are %s",
                         self.settings.policy_dir,
@@ -234,6 +236,22 @@ class ActionPolicyAuthorizer:
             return None
         return path
 
+    def unsafe_policy_dir(self) -> str | None:
+        """Why the policy directory must not be trusted (writable by group or others,
+        owned by another user), or None; logged once per change."""
+        base = self.settings.policy_dir
+        try:
+            problem = trust_problem(base, os.stat(base), "policy directory")
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            problem = f"policy directory {base} cannot be read: {exc.strerror}"
+        if problem != self._dir_problem:
+            self._dir_problem = problem
+            if problem:
+                log.error("actionpolicy: %s; every request is denied", problem)
+        return problem
+
     def groups(self) -> Groups | None:
         """The groups file: empty when missing, None when it exists but never parsed."""
         path = self.settings.groups_file or self.settings.policy_dir / GROUPS_FILE
@@ -247,6 +265,9 @@ class ActionPolicyAuthorizer:
         path = self.policy_path(agent)
         if path is None:
             return Verdict(False, f"agent name {agent!r} is not valid for a policy lookup")
+        unsafe = self.unsafe_policy_dir()
+        if unsafe:
+            return Verdict(False, f"policy directory refused: {unsafe}")
         entry = self._cache.get(path, parse_policy, "policy file")
         if entry is None and self.settings.enable_default:
             default = self.settings.policy_dir / f"{self.settings.default_name}.policy"

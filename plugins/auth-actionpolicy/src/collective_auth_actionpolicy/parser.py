@@ -56,7 +56,7 @@ from typing import Literal
 from collective.compound import Expr, FilterSyntaxError
 from collective.compound import parse as parse_compound
 from collective.compound import render as render_compound
-from collective.filters import FactFilter, FilterError, compile_regex, parse_fact
+from collective.filters import FactFilter, FilterError, compile_regex, filter_regex, parse_fact
 
 __all__ = [
     "ANY",
@@ -302,7 +302,8 @@ def _regex(word: str, col: int) -> None:
         raise _LineError(f"{word!r} starts with '/' but does not end with one; write a regular "
                          "expression as /re/", col)
     try:
-        compile_regex(word[1:-1])
+        compile_regex(word[1:-1])  # the nested-quantifier message users know
+        filter_regex(word[1:-1])  # what matching uses: RE2, linear time ((a|a)*$ too)
     except FilterError as exc:
         raise _LineError(str(exc), col) from None
 

@@ -1,6 +1,6 @@
 """Evaluating a parsed policy against one request, on the node.
 
-MCollective's rules (REFERENCE.md §2b) without its bugs:
+MCollective's rules (MCollective's actionpolicy) without its bugs:
 
 * Lines are tried in order; the first one whose every field matches decides.
 * Callers are compared as exact tokens (``cert=alice-admin`` never admits
@@ -29,7 +29,7 @@ from typing import Any
 
 from collective.compound import describe as describe_compound
 from collective.compound import evaluate as evaluate_compound
-from collective.filters import Filter, FilterError, NodeInfo, compile_regex
+from collective.filters import Filter, FilterError, NodeInfo, filter_regex
 
 from .parser import Classes, Compound, Facts, Groups, Policy, Rule
 
@@ -110,7 +110,7 @@ def _caller_matches(rule: Rule, request: Request, groups: Groups | None) -> tupl
         return True, f"caller {caller} is listed"
     for pattern in callers.regexes:
         try:
-            if compile_regex(pattern[1:-1]).search(caller):
+            if filter_regex(pattern[1:-1]).search(caller):
                 return True, f"caller {caller} matches {pattern}"
         except FilterError:  # validated when parsed; be safe anyway
             continue

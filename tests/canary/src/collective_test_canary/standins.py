@@ -5,6 +5,7 @@ their own distributions."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import threading
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 from collective.agent import Aborted, Agent, action
 
+#: threads of one process; the file lock below serializes the daemon's worker processes
 _lock = threading.Lock()
 
 
@@ -24,6 +26,8 @@ class _State:
 
     def __enter__(self) -> dict[str, Any]:
         _lock.acquire()
+        self.locked = open(self.path.with_name(self.path.name + ".lock"), "a")  # noqa: SIM115
+        fcntl.flock(self.locked, fcntl.LOCK_EX)
         self.data = json.loads(self.path.read_text()) if self.path.exists() else {}
         return self.data
 
@@ -31,6 +35,7 @@ class _State:
         try:
             self.path.write_text(json.dumps(self.data))
         finally:
+            self.locked.close()
             _lock.release()
 
 

@@ -6,7 +6,7 @@ agent's plugin can still validate requests (``collective.client.remote_ddl``).
 ``get_config_item`` reads only keys in :data:`collective.config.READABLE_KEYS`
 and refuses everything else with the same message, so it can neither return a
 secret nor tell which secrets exist (MCollective's ``config.send(item)`` could
-return ``pluginconf``, THREATS S19).
+return ``pluginconf``, docs/security.md S19).
 """
 
 from __future__ import annotations
