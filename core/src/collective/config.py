@@ -115,6 +115,8 @@ SCHEMA: dict[str, Any] = _obj(
                 "fail_closed": _bool,
                 # audit lines for discovery pings, per second (bursts of 10x); 0: none
                 "discovery_rate": {"type": "number", "minimum": 0},
+                # lines for refused messages that did not verify, per second (bursts of 10x)
+                "unverified_rate": {"type": "number", "minimum": 0},
                 # the syslog sink: a unix socket path, or host:port for UDP
                 "syslog_address": _str,
                 "syslog_facility": {"enum": [
@@ -191,7 +193,8 @@ DEFAULTS: dict[str, Any] = {
     "facts": {"sources": ["static"], "files": [], "static": {}, "refresh": 1.0},
     "authorization": {"provider": None, "allow_unconfigured": False, "callers": []},
     "audit": {"sinks": ["jsonl"], "fail_closed": False, "syslog_address": "/dev/log",
-              "syslog_facility": "authpriv", "discovery_rate": 5.0},
+              "syslog_facility": "authpriv", "discovery_rate": 5.0,
+              "unverified_rate": 5.0},
     "server": {"max_concurrent": 8, "max_queued": 256, "registration_interval": 0,
                "workers": "processes", "min_workers": 1, "stop_grace": 10.0},
     "discovery": {"timeout": 2.0, "method": "broadcast", "inventory": None, "stale_after": None},

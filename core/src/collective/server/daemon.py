@@ -60,7 +60,7 @@ KILL_GRACE_S = 2.0
 COUNTERS = (
     "total", "validated", "unvalidated", "passed", "filtered", "replies", "ttlexpired",
     "replayed", "oversize", "denied", "invalid", "busy", "timeouts", "audit_failures",
-    "reply_failures", "bad_reply_to", "discovery_unaudited",
+    "reply_failures", "bad_reply_to", "discovery_unaudited", "unverified_unaudited",
     # the filter stage (server/prefilter.py)
     "filter_refused", "filter_budget", "filter_throttled", "filter_busy", "filter_deferred",
 )
@@ -143,6 +143,7 @@ class Daemon:
         self.reserved = ThreadPoolExecutor(max_workers=2, thread_name_prefix="reserved")
         self.prefilter = Prefilter(self)  # filters before authorization (server/prefilter.py)
         self._discovery_rate = RateLimit(float(config["audit"].get("discovery_rate", 5.0)))
+        self._unverified_rate = RateLimit(float(config["audit"].get("unverified_rate", 5.0)))
         connector_cls = resolve(config["broker"]["connector"], self.pm.connectors(), "connector")
         self.connector = connector_cls(config, client_id=f"node-{self.identity}")
 
@@ -526,6 +527,20 @@ class Daemon:
     def _refuse(self, reason: str, counter: str, request: RequestMessage | None = None,
                 detail: str = "") -> None:
         self.count(counter)
+        if request is None:
+            # Unverified (oversize, malformed, bad signature): anyone who can publish can
+            # send these, so they are logged and audited at most audit.unverified_rate
+            # lines a second; the counters have every one.
+            write, skipped = self._unverified_rate.take()
+            if not write:
+                self.count("unverified_unaudited")
+                return
+            log.info("refused message: %s %s%s", reason, detail,
+                     f" ({skipped} more refused unverified messages not logged before this)"
+                     if skipped else "")
+            self.audit.record(**audit_record(decision="refused", reason=reason,
+                                             node=self.identity, unaudited_before=skipped))
+            return
         log.info("refused message: %s %s", reason, detail)
         fields: dict[str, Any] = {"decision": "refused", "reason": reason, "node": self.identity}
         if request is not None:
