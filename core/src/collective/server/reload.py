@@ -237,7 +237,9 @@ def preflight(config_path: str | os.PathLike[str] | None, python: str | None = N
     :param python: the interpreter (default: this one, ``sys.executable``)
     """
     python = python or sys.executable
-    argv = [python, *(_interpreter_flags() if python == sys.executable else []),
+    flags = _interpreter_flags() if python == sys.executable else []
+    # never the working directory on sys.path (docs/security.md S18)
+    argv = [python, *flags, *([] if "-P" in flags else ["-P"]),
             "-m", "collective.server.main", "--check", "--json"]
     if config_path:
         argv += ["-c", str(config_path)]
