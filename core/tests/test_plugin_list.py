@@ -74,3 +74,25 @@ def test_the_test_only_plugins_are_not_in_the_virtualenv():
     clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     listed = [p["name"] for p in json.loads(mco("plugin", "list", "--json", env=clean).stdout)]
     assert not [name for name in listed if name.startswith("test-")], listed
+
+
+def test_plugin_doc_shows_ddl_values_as_json_not_python():
+    from collective.cli.plugin import render_ddl
+    from collective.ddl import DDL_SCHEMA_ID, AgentDDL
+
+    ddl = AgentDDL.load({
+        "$schema": DDL_SCHEMA_ID,
+        "metadata": {"name": "demo", "description": "d", "author": "a", "license": "MIT",
+                     "version": "1.0.0", "url": "https://example.com", "timeout": 5},
+        "actions": [{"action": "go", "description": "Go", "input": {
+            "type": "object", "properties": {
+                "force": {"type": "boolean", "description": "f", "default": False},
+                "mode": {"type": ["string", "null"], "description": "m", "default": None,
+                         "enum": ["fast", "slow", None]}}},
+            "output": {"done": {"description": "d", "display_as": "Done", "default": False}}}],
+    }, source="demo.json")
+    text = render_ddl(ddl)
+    assert "False" not in text and "None" not in text and "['" not in text
+    assert "Default: false" in text and "Default: null" in text
+    assert 'Values: ["fast", "slow", null]' in text and 'Type: ["string", "null"]' in text
+    assert "Default Value: false" in text

@@ -389,6 +389,18 @@ def find_config(kind: Kind, explicit: str | Path | None = None) -> Path | None:
     return None
 
 
+def missing_client_config() -> str:
+    """What to say when ``mco`` found no client config: the paths tried, how to make one."""
+    tried = ", ".join(str(p.expanduser()) for p in CLIENT_PATHS)
+    return ("no client config found (tried -c FILE, $COLLECTIVE_CONFIG, " + tried + "). "
+            "Make one: 'mco fleet up --dir DIR' starts a local fleet and writes DIR/client.yaml "
+            "(then: mco ping -c DIR/client.yaml); for a real fleet, 'mco keys generate NAME "
+            "--dir ~/.config/collective' and a ~/.config/collective/client.yaml with "
+            "identity, broker: {host, port, user, password_file} and security: "
+            "{private_key: ~/.config/collective/NAME.key, trust_dir: DIR} "
+            "(NAME.pub goes to the nodes' trust_dir/clients/)")
+
+
 def load_config(path: str | Path | None = None, kind: Kind = "client",
                 env: Mapping[str, str] | None = None) -> Config:
     """Read, validate and return a config; defaults only when no file exists."""

@@ -31,6 +31,7 @@ BUILTIN_COMMANDS: dict[str, tuple[str, str]] = {
     "completion": ("collective.cli.extras:completion", "Print the shell completion script"),
     "replies": ("collective.cli.extras:replies", "Collect replies sent with mco rpc --reply-to"),
     "audit": ("collective.cli.audit:audit", "Check the hash chain of the nodes' audit logs"),
+    "help": ("collective.cli.main:help_command", "Show the commands, or one command's help"),
 }
 
 
@@ -92,6 +93,27 @@ def cli() -> None:
     mco rpc rpcutil get_fact fact=role -I n1  call any agent action
     mco inventory NODE                        all about one node
     """
+
+
+@click.command("help")
+@click.argument("command", nargs=-1)
+@click.pass_context
+def help_command(ctx: click.Context, command: tuple[str, ...]) -> None:
+    """Show the commands (``mco help``), or one command's help (``mco help rpc``,
+    ``mco help plugin doc``), as MCollective's ``mco help`` does."""
+    group_ctx = ctx.parent if ctx.parent is not None else ctx
+    current: click.Command = cli
+    current_ctx = group_ctx
+    for name in command:
+        if not isinstance(current, click.Group):
+            raise click.UsageError(f"{current_ctx.command_path} has no subcommand {name!r}")
+        sub = current.get_command(current_ctx, name)
+        if sub is None:
+            known = ", ".join(current.list_commands(current_ctx))
+            raise click.UsageError(f"unknown command {name!r}; the commands are: {known}")
+        current_ctx = click.Context(sub, info_name=name, parent=current_ctx)
+        current = sub
+    click.echo(current.get_help(current_ctx))
 
 
 def main(argv: list[str] | None = None) -> Any:

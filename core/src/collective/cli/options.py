@@ -146,9 +146,13 @@ def guarded(app: str) -> Callable[[F], F]:
 
 def make_client(config_path: str | None, collective: str | None = None) -> Any:
     from ..client import Client
-    from ..config import load_config
+    from ..config import ConfigError, load_config, missing_client_config
 
-    return Client(load_config(config_path, kind="client"), collective=collective)
+    config = load_config(config_path, kind="client")
+    if config.path is None and not config.get("security.private_key") \
+            and config.get("security.provider", "ed25519") == "ed25519":
+        raise ConfigError(missing_client_config())
+    return Client(config, collective=collective)
 
 
 class Progress:

@@ -55,7 +55,7 @@ def render_ddl(ddl: Any) -> str:
     out = [meta["name"], "=" * len(meta["name"]), "", meta["description"], ""]
     for label, key in (("Author", "author"), ("Version", "version"), ("License", "license"),
                        ("Timeout", "timeout"), ("Home Page", "url")):
-        out.append(f"{label:>12}: {meta.get(key)}")
+        out.append(f"{label:>12}: {_shown(meta.get(key))}")
     out += ["", "ACTIONS:", "========", "   " + ", ".join(sorted(ddl.actions)), ""]
     for name in sorted(ddl.actions):
         act = ddl.actions[name]
@@ -68,11 +68,11 @@ def render_ddl(ddl: Any) -> str:
             out.append(f"           {key}:")
             out.append(f"              Description: {schema.get('description', '')}")
             out.append(f"                   Prompt: {schema.get('x-prompt', key)}")
-            out.append(f"                     Type: {schema.get('type', 'any')}")
+            out.append(f"                     Type: {_shown(schema.get('type', 'any'))}")
             for label, k in (("Format", "format"), ("Validation", "pattern"), ("Length", "maxLength"),
                              ("Values", "enum"), ("Default", "default")):
                 if k in schema:
-                    out.append(f"{label:>25}: {schema[k]}")
+                    out.append(f"{label:>25}: {_shown(schema[k])}")
             out.append(f"                 Optional: {'false' if key in act.required else 'true'}")
             out.append("")
         out += ["", "       OUTPUT:"]
@@ -80,10 +80,18 @@ def render_ddl(ddl: Any) -> str:
             out += [f"           {key}:", f"              Description: {spec.get('description', '')}",
                     f"               Display As: {spec.get('display_as', key)}"]
             if "default" in spec:
-                out.append(f"            Default Value: {spec['default']}")
+                out.append(f"            Default Value: {_shown(spec['default'])}")
             out.append("")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
+
+
+def _shown(value: object) -> str:
+    """A DDL value as its DDL has it: strings as they are, anything else as JSON
+    (``false``, ``null``, ``["a", "b"]``), never Python's spelling."""
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
 
 
 @plugin.command("doc")
