@@ -37,12 +37,12 @@ Rules, with the places where this differs from (or pins down) MCollective:
   negated regex match (MCollective did that for functions only, and compared a
   fact literally with the string ``"/re/"``); with ``< > <= >=`` it stays a
   literal string. ``=~`` also takes a regex without slashes (``index=~^4``).
-  Regexes go through :func:`collective.filters.filter_regex`: RE2 (linear-time
+  Regexes go through :func:`collective.matching.filter_regex`: RE2 (linear-time
   matching, so ``(a+)+`` is harmless), at most 256 characters.
-* Fact and class statements match exactly like ``-F`` and ``-C``
-  (:mod:`collective.filters`): typed int/float/string comparison, list facts
-  match when any element does, a missing fact never matches. ``!=/re/`` on a
-  list fact means "some element does not match", like ``!=``.
+* Fact and class statements match exactly like ``-F`` and ``-C`` (the same
+  functions of :mod:`collective.matching` do both): typed int/float/string
+  comparison, list facts match when any element does, a missing fact never
+  matches. ``!=/re/`` on a list fact means "some element does not match", like ``!=``.
 * Functions are data plugins (:mod:`collective.data`). Arguments are quoted with
   ``'`` or ``"`` (no escapes). MCollective data plugins take exactly one
   argument; we allow zero or one (``puppet()``-style plugins), more is an
@@ -60,7 +60,7 @@ Rules, with the places where this differs from (or pins down) MCollective:
   :class:`FilterSyntaxError`, nothing else. A filter's caps on terms, regexes and
   data plugin calls (:meth:`collective.filters.Filter.validate`) count
   :func:`expression_cost`; evaluation on a node spends a
-  :class:`~collective.filters.Budget`.
+  :class:`~collective.matching.Budget`.
 * Data plugins on a node: :func:`evaluate3` treats a call the resolver defers
   (raises :class:`Deferred`) as *unknown*, with Kleene's three-valued logic
   (``unknown and false`` is false, ``unknown or true`` is true), so a node can
@@ -81,18 +81,18 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, NamedTuple
 
-from .filters import (
+from .matching import (
     UNLIMITED,
     Budget,
     FilterBudgetExceeded,
     FilterError,
     NodeInfo,
-    _compare,
-    _is_regex,
-    _match_name,
-    _strip_slashes,
-    _values,
+    compare,
     filter_regex,
+    is_regex,
+    match_name,
+    node_fact_values,
+    strip_slashes,
 )
 
 log = logging.getLogger(__name__)
@@ -331,7 +331,7 @@ class _Scanner:
         elif slashed and op == "!=":
             op = "!~"
         if op in ("=~", "!~"):
-            self.compile(_strip_slashes(value), start, end - start)
+            self.compile(strip_slashes(value), start, end - start)
         return op
 
     def statement(self, i: int) -> _Token:
@@ -605,16 +605,16 @@ def expression_cost(expr: Expr) -> ExprCost:
         if isinstance(item, FactCmp):
             terms += 1
             if item.op in ("=~", "!~"):
-                regexes.append(_strip_slashes(item.value))
+                regexes.append(strip_slashes(item.value))
         elif isinstance(item, ClassMatch):
             terms += 1
-            if _is_regex(item.name):
-                regexes.append(_strip_slashes(item.name))
+            if is_regex(item.name):
+                regexes.append(strip_slashes(item.name))
         elif isinstance(item, FuncCall):
             terms += 1
             calls.add((item.name, item.args))
             if item.op in ("=~", "!~") and item.value is not None:
-                regexes.append(_strip_slashes(item.value))
+                regexes.append(strip_slashes(item.value))
         elif isinstance(item, Not):
             stack.append(item.expr)
         elif isinstance(item, (And, Or)):
@@ -663,7 +663,7 @@ _WORDS = {"==": "is", "!=": "is not", "=~": "matches", "!~": "does not match",
 
 
 def _shown_value(op: str, value: str) -> str:
-    if op in ("=~", "!~") and not _is_regex(value):
+    if op in ("=~", "!~") and not is_regex(value):
         return f"/{value}/"
     return value
 
@@ -674,7 +674,7 @@ def describe(expr: Expr) -> str:
     if isinstance(expr, FactCmp):
         return f"fact {expr.fact} {_WORDS[expr.op]} {_shown_value(expr.op, expr.value)}"
     if isinstance(expr, ClassMatch):
-        return (f"has a class matching {expr.name}" if _is_regex(expr.name)
+        return (f"has a class matching {expr.name}" if is_regex(expr.name)
                 else f"has class {expr.name}")
     if isinstance(expr, FuncCall):
         call = _call_text(expr)
@@ -740,7 +740,7 @@ def compare_value(value: Any, op: str | None, wanted: str | None,
         if not isinstance(value, str):
             log.debug("cannot match a regular expression against a %s", type(value).__name__)
             return False
-        found = budget.search(filter_regex(_strip_slashes(wanted)), value)
+        found = budget.search(filter_regex(strip_slashes(wanted)), value)
         return found if op == "=~" else not found
     budget.step()
     if isinstance(value, bool):
@@ -778,20 +778,20 @@ def _call(expr: FuncCall, node: NodeInfo, budget: Budget) -> bool:
 
 def _leaf(expr: FactCmp | ClassMatch, node: NodeInfo, budget: Budget) -> bool:
     if isinstance(expr, FactCmp):
-        values = _values(node, expr.fact, budget)
+        values = node_fact_values(node, expr.fact, budget)
         if values is None:
             return False
         if expr.op == "!~":
-            regex = filter_regex(_strip_slashes(expr.value))
+            regex = filter_regex(strip_slashes(expr.value))
             return any(not budget.search(regex, v) for v in values)
-        return any(_compare(v, expr.op, expr.value, budget) for v in values)
+        return any(compare(v, expr.op, expr.value, budget) for v in values)
     classes = budget.memo.get("classes") if budget.memo is not None else None
     if classes is None:
         classes = frozenset(node.classes)
         budget.step(len(classes))
         if budget.memo is not None:
             budget.memo["classes"] = classes
-    return _match_name(expr.name, classes, budget)
+    return match_name(expr.name, classes, budget)
 
 
 def _eval(expr: Expr, node: NodeInfo, budget: Budget) -> bool:

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import yaml
 
+from .names import IDENTITY
+
 Kind = Literal["server", "client"]
 
 SERVER_PATHS = (Path("/etc/collective/server.yaml"),)
@@ -28,7 +30,8 @@ _bool = {"type": "boolean"}
 _int = {"type": "integer"}
 _num = {"type": "number"}
 _str = {"type": "string"}
-_name = {"type": "string", "pattern": r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z"}
+#: identity, collectives: the identity grammar; ``\Z``, since JSON Schema patterns search
+_name = {"type": "string", "pattern": rf"^{IDENTITY}\Z"}
 
 
 #: the largest ``security.ttl`` / ``security.max_ttl`` any config may set, in seconds

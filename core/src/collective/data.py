@@ -30,14 +30,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar
 
 from .compound import Deferred
-from .filters import _MISSING, _lookup, _render
+from .matching import MISSING, lookup_fact, render_value
+from .names import AGENT, AGENT_RE, COLLECTIVE_RE
 
 log = logging.getLogger(__name__)
 
@@ -412,15 +412,13 @@ class FactData(DataPlugin):
     def query(self, argument: str | None, node: Any) -> dict[str, Any]:
         assert argument is not None
         view = getattr(getattr(node, "facts_store", None), "view", None)
-        value = _lookup(view() if callable(view) else node.facts(), argument)  # no copy
-        if value is _MISSING:
+        value = lookup_fact(view() if callable(view) else node.facts(), argument)  # no copy
+        if value is MISSING:
             return {"exists": False, "value": None, "type": None}
-        shown = _render(value) if isinstance(value, (Mapping, list, tuple)) else value
+        shown = render_value(value) if isinstance(value, (Mapping, list, tuple)) else value
         return {"exists": True, "value": shown, "type": _type_name(value)}
 
 
-_AGENT_NAME = re.compile(r"[a-z0-9_]{1,64}")
-_COLLECTIVE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _AGENT_META = ("name", "version", "timeout", "author", "description", "license", "url")
 
 
@@ -446,8 +444,8 @@ class AgentData(DataPlugin):
     @classmethod
     def validate(cls, argument: str | None) -> None:
         super().validate(argument)
-        if not _AGENT_NAME.fullmatch(argument or ""):
-            raise ValueError(f"agent() needs an agent name ([a-z0-9_]{{1,64}}), not {argument!r}")
+        if not AGENT_RE.fullmatch(argument or ""):
+            raise ValueError(f"agent() needs an agent name ({AGENT}), not {argument!r}")
 
     def query(self, argument: str | None, node: Any) -> dict[str, Any]:
         ddls = node.agent_ddls()
@@ -475,7 +473,7 @@ class CollectiveData(DataPlugin):
     @classmethod
     def validate(cls, argument: str | None) -> None:
         super().validate(argument)
-        if not _COLLECTIVE_NAME.fullmatch(argument or ""):
+        if not COLLECTIVE_RE.fullmatch(argument or ""):
             raise ValueError(f"collective() needs a collective name, not {argument!r}")
 
     def query(self, argument: str | None, node: Any) -> dict[str, Any]:

@@ -63,23 +63,52 @@ caller may do anything, so what a filter may cost is bounded whatever it says.
 
 from __future__ import annotations
 
-import json
 import re
-import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
+from . import compound
+from .matching import (
+    DEFAULT_CPU_BUDGET,
+    MAX_REGEX_CHARS,
+    MAX_REGEX_PROGRAM,
+    REGEX_MAX_MEM,
+    SEARCH_UNIT_SECONDS,
+    UNLIMITED,
+    Budget,
+    FilterBudgetExceeded,
+    FilterError,
+    NodeInfo,
+    compare,
+    fact_values,
+    filter_regex,
+    is_regex,
+    match_name,
+    node_fact_values,
+    strip_slashes,
+)
+
+# Budget, FilterError, FilterBudgetExceeded, NodeInfo, filter_regex, fact_values and the
+# regex and CPU limits are defined in collective.matching (shared with collective.compound
+# and collective.data) and importable from here as they always were.
+
 __all__ = [
     "Budget",
+    "DEFAULT_CPU_BUDGET",
     "FactFilter",
     "Filter",
     "FilterBudgetExceeded",
     "FilterCost",
     "FilterError",
+    "MAX_REGEX_CHARS",
+    "MAX_REGEX_PROGRAM",
     "NodeInfo",
     "OPERATORS",
+    "REGEX_MAX_MEM",
+    "SEARCH_UNIT_SECONDS",
+    "UNLIMITED",
     "compile_regex",
     "fact_values",
     "filter_regex",
@@ -97,13 +126,6 @@ FILTER_KEYS = ("fact", "cf_class", "identity", "agent", "compound")
 MAX_ENTRIES = 256
 #: At most this many characters in any one value (fact name, fact value, class, ...).
 MAX_VALUE_CHARS = 1024
-#: At most this many characters in a regular expression.
-MAX_REGEX_CHARS = 256
-#: At most this many RE2 instructions in one compiled regular expression (``\pL``
-#: alone has about 1,200; ``.{0,1000}x`` about 9,000).
-MAX_REGEX_PROGRAM = 4096
-#: RE2's memory limit per pattern: a bigger program fails to compile early.
-REGEX_MAX_MEM = 1 << 20
 #: At most this many terms in a filter: fact, class and agent entries, identity
 #: regexes and ``-S`` statements (exact identities are a set lookup and do not count).
 MAX_TERMS = 256
@@ -114,84 +136,6 @@ MAX_REGEXES = 16
 MAX_DATA_CALLS = 8
 #: At most this many characters in all the strings of a filter together.
 MAX_FILTER_CHARS = 16 * 1024
-#: The CPU time (seconds, of the evaluating thread) one filter may use on a node.
-DEFAULT_CPU_BUDGET = 0.02
-#: The worst-case cost model of one RE2 search: ``len(text) * (256 + program size)``
-#: units (UTF-8 bytes times instructions) at up to 1.3 ns each, as measured on the
-#: 2-core development machine for patterns that defeat RE2's DFA (docs/security.md).
-SEARCH_UNIT_SECONDS = 1.5e-9
-
-
-class FilterError(ValueError):
-    """A filter that cannot be parsed, is malformed on the wire, or is unsafe."""
-
-
-class FilterBudgetExceeded(FilterError):
-    """The filter used up its :class:`Budget` on this node: it does not match."""
-
-
-class Budget:
-    """What evaluating one filter may spend on a node: CPU time of the calling thread.
-
-    :meth:`step` is called for every comparison and checks the clock every
-    :attr:`CHECK_EVERY` steps (``time.thread_time`` costs about 2 µs); :meth:`check`
-    checks it now; :meth:`search` refuses, before it starts, a regular-expression
-    search whose worst case would not fit in what is left.
-
-    :param cpu_seconds: the budget; None means unlimited (the client)
-    :param clock: the CPU clock (``time.thread_time``)
-    """
-
-    CHECK_EVERY = 64
-
-    def __init__(self, cpu_seconds: float | None = DEFAULT_CPU_BUDGET,
-                 clock: Callable[[], float] = time.thread_time) -> None:
-        self.clock = clock
-        self.started = clock()
-        self.limit = cpu_seconds
-        self.deadline = None if cpu_seconds is None else self.started + cpu_seconds
-        self._steps = 0
-        #: per-evaluation cache (rendered fact values, node sets); None: no caching
-        self.memo: dict[Any, Any] | None = None if cpu_seconds is None else {}
-
-    def used(self) -> float:
-        """CPU seconds used so far."""
-        return self.clock() - self.started
-
-    def check(self) -> None:
-        """Raise :class:`FilterBudgetExceeded` if the CPU budget is used up."""
-        if self.deadline is not None and self.clock() > self.deadline:
-            raise FilterBudgetExceeded(f"the filter used more than {self.limit * 1000:g} ms of "
-                                       "CPU time on this node")
-
-    def step(self, n: int = 1) -> None:
-        """Account for ``n`` comparisons."""
-        self._steps += n
-        if self._steps >= self.CHECK_EVERY:
-            self._steps = 0
-            self.check()
-
-    def search(self, regex: Any, text: str) -> bool:
-        """``regex.search(text)`` unless its worst case would overrun the budget."""
-        if self.deadline is not None:
-            chars = len(text) if text.isascii() else 4 * len(text)  # UTF-8 bytes, at most
-            worst = chars * (256 + regex.program_size) * SEARCH_UNIT_SECONDS
-            if worst > 0.001:  # a long text: check first, and again after
-                self.check()
-                if self.clock() + worst > self.deadline:
-                    raise FilterBudgetExceeded(
-                        f"matching /{regex.pattern}/ against a {len(text)}-character value could "
-                        "take longer than the filter's CPU budget on this node")
-                found = regex.search(text)
-                self.check()
-                return found
-            self.step(1 + int(worst / 20e-6))  # a clock check at least every ~1.3 ms of worst case
-            return regex.search(text)
-        return regex.search(text)
-
-
-#: A budget that never runs out (clients, tests, policies written by the admin).
-UNLIMITED = Budget(None)
 
 
 # -- parsing ------------------------------------------------------------------------
@@ -262,15 +206,7 @@ def parse_with(word: str) -> FactFilter | str:
         return word
 
 
-# -- regular expressions -----------------------------------------------------------
-
-def _is_regex(value: str) -> bool:
-    return len(value) >= 2 and value.startswith("/") and value.endswith("/")
-
-
-def _strip_slashes(value: str) -> str:
-    return value[1:-1] if _is_regex(value) else value
-
+# -- regular expressions for Python's re (filters themselves use RE2: collective.matching)
 
 _QUANT_AFTER = re.compile(r"[+*]|\{(\d*),(\d*)\}|\{(\d+)\}")
 
@@ -364,106 +300,6 @@ def compile_regex(pattern: str) -> re.Pattern[str]:
         raise FilterError(f"invalid regular expression /{pattern}/: {exc}") from None
 
 
-#: RE2 errors -> what to tell the user.
-_RE2_HINTS = (
-    ("invalid perl operator: (?=", "lookahead is not supported"),
-    ("invalid perl operator: (?!", "lookahead is not supported"),
-    ("invalid perl operator: (?<", "lookbehind is not supported"),
-    ("invalid perl operator: (?>", "atomic groups are not supported"),
-    ("invalid perl operator: (?#", "comments are not supported"),
-    ("invalid perl operator: (?x", "verbose mode (?x) is not supported"),
-    ("invalid escape sequence: \\Z", "write \\z for the end of the text"),
-    ("bad repetition operator: ++", "possessive quantifiers are not supported"),
-    ("bad repetition operator: *+", "possessive quantifiers are not supported"),
-    ("bad repetition operator: ?+", "possessive quantifiers are not supported"),
-    ("invalid repetition size", "a repetition count is over 1000 or repetitions nest too deep"),
-    ("pattern too large", "the compiled pattern is too large"),
-)
-
-
-class _Regex:
-    """A compiled RE2 pattern: ``search(text) -> bool`` without capture groups."""
-
-    __slots__ = ("_match", "pattern", "program_size")
-
-    def __init__(self, pattern: str, compiled: Any) -> None:
-        #: the pattern as written
-        self.pattern = pattern
-        #: RE2 instructions: the cost of a search is at most ``len(text) * (256 + this)``
-        self.program_size = int(compiled.programsize)
-        raw = compiled._regexp  # one C++ call per search, no match object
-        anchor = type(raw).Anchor.UNANCHORED
-        match = raw.Match
-
-        def search(data: bytes) -> bool:
-            return match(anchor, data, 0, len(data))[0][0] != -1
-
-        self._match = search
-
-    def search(self, text: str) -> bool:
-        """Does the pattern match anywhere in ``text`` (``re.search`` semantics)?"""
-        return self._match(text.encode("utf-8", "surrogatepass"))
-
-    def __repr__(self) -> str:
-        return f"<filter regex /{self.pattern}/, {self.program_size} instructions>"
-
-
-def _re2() -> Any:
-    try:
-        import re2
-    except ImportError:  # pragma: no cover - a dependency of collective-core
-        raise FilterError("regular expressions in filters need the google-re2 package "
-                          "(a dependency of collective-core): pip install google-re2") from None
-    return re2
-
-
-@lru_cache(maxsize=1024)
-def _compile_filter_regex(pattern: str) -> _Regex | str:
-    """The compiled pattern, or the reason it is refused (cached either way)."""
-    if not isinstance(pattern, str):
-        return "a regular expression must be a string"
-    if len(pattern) > MAX_REGEX_CHARS:
-        return f"regular expression is longer than {MAX_REGEX_CHARS} characters"
-    re2 = _re2()
-    options = re2.Options()
-    options.log_errors = False  # RE2 would print to stderr
-    options.never_capture = True  # only "does it match": the DFA alone
-    options.max_mem = REGEX_MAX_MEM
-    try:
-        compiled = re2.compile(pattern, options)
-    except re2.error as exc:
-        reason = exc.args[0] if exc.args else str(exc)
-        if isinstance(reason, bytes):
-            reason = reason.decode("utf-8", "replace")
-        hint = next((h for marker, h in _RE2_HINTS if marker in reason), None)
-        why = f"{reason}; {hint}" if hint else reason
-        return (f"invalid regular expression /{pattern}/ for RE2, the linear-time engine "
-                f"filters use: {why}")
-    except (TypeError, ValueError) as exc:
-        return f"invalid regular expression /{pattern}/: {exc}"
-    regex = _Regex(pattern, compiled)
-    if regex.program_size > MAX_REGEX_PROGRAM:
-        return (f"regular expression /{pattern}/ is too complex: {regex.program_size} RE2 "
-                f"instructions, at most {MAX_REGEX_PROGRAM} (large counted repetitions or "
-                "Unicode classes such as \\pL make big programs)")
-    return regex
-
-
-def filter_regex(pattern: str, budget: Budget | None = None) -> _Regex:
-    """Compile a filter regular expression with RE2 (cached); see the module docstring.
-
-    :param budget: checked after a compilation (a cache miss), which can take a
-        few milliseconds for large patterns
-    :raises FilterError: the pattern is too long, too complex or not RE2 syntax
-    """
-    result = _compile_filter_regex(pattern)
-    if budget is not None:
-        budget.check()
-    if isinstance(result, str):
-        raise FilterError(result)
-    return result
-
-
 # -- validation ---------------------------------------------------------------------
 
 def _check_value(kind: str, value: Any, compile: bool = True) -> None:
@@ -474,11 +310,11 @@ def _check_value(kind: str, value: Any, compile: bool = True) -> None:
     if len(value) > MAX_VALUE_CHARS:
         raise FilterError(f"{kind} filter entry is longer than {MAX_VALUE_CHARS} characters")
     if value.startswith("/"):
-        if not _is_regex(value):
+        if not is_regex(value):
             raise FilterError(f"{kind} filter {value!r} starts with '/' but does not end with "
                               "one; write a regular expression as /re/")
         if compile:
-            filter_regex(_strip_slashes(value))
+            filter_regex(strip_slashes(value))
 
 
 def _check_fact(flt: FactFilter, compile: bool = True) -> None:
@@ -492,7 +328,7 @@ def _check_fact(flt: FactFilter, compile: bool = True) -> None:
     if flt.operator not in OPERATORS:
         raise FilterError(f"unknown fact operator {flt.operator!r} (known: {' '.join(OPERATORS)})")
     if flt.operator == "=~" and compile:
-        filter_regex(_strip_slashes(flt.value))
+        filter_regex(strip_slashes(flt.value))
 
 
 def _fact_from_dict(item: Any) -> FactFilter:
@@ -511,118 +347,6 @@ def _fact_from_dict(item: Any) -> FactFilter:
     flt = FactFilter(item["fact"], item["operator"], item["value"])
     _check_fact(flt, compile=False)  # regexes are compiled after the caps are checked
     return flt
-
-
-# -- fact lookup and comparison ------------------------------------------------------
-
-_MISSING = object()
-_INT = re.compile(r"-?[0-9]+")
-_FLOAT = re.compile(r"-?[0-9]+\.[0-9]+")
-
-
-def _lookup(facts: Mapping[str, Any], path: str) -> Any:
-    """The fact at ``path``: a literal top-level key first, then a dotted walk."""
-    if path in facts:
-        return facts[path]
-    if "." not in path:
-        return _MISSING
-    node: Any = facts
-    for part in path.split("."):
-        if isinstance(node, Mapping):
-            if part not in node:
-                return _MISSING
-            node = node[part]
-        elif (isinstance(node, Sequence) and not isinstance(node, (str, bytes))
-              and part.isascii() and part.isdigit()):
-            index = int(part)
-            if index >= len(node):
-                return _MISSING
-            node = node[index]
-        else:
-            return _MISSING
-    return node
-
-
-def _render(value: Any) -> str:
-    """A fact value as the string filters compare: JSON spelling for scalars."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return str(value)
-    try:
-        return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-    except (TypeError, ValueError):
-        return str(value)
-
-
-def fact_values(facts: Mapping[str, Any], path: str) -> list[str] | None:
-    """The strings a fact filter on ``path`` is tested against, or ``None`` if missing.
-
-    A list gives its elements, a mapping its keys, anything else itself.
-    """
-    value = _lookup(facts, path)
-    if value is _MISSING or value is None:
-        return None
-    if isinstance(value, Mapping):
-        return [_render(key) for key in value]
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [_render(item) for item in value if item is not None]
-    return [_render(value)]
-
-
-def _typed(left: str, right: str) -> tuple[Any, Any]:
-    """Both sides as ints, floats or strings (see the module docstring)."""
-    left_int, right_int = _INT.fullmatch(left), _INT.fullmatch(right)
-    if left_int and right_int:
-        return int(left), int(right)
-    if (left_int or _FLOAT.fullmatch(left)) and (right_int or _FLOAT.fullmatch(right)):
-        return float(left), float(right)
-    return left, right
-
-
-def _compare(actual: str, operator: str, wanted: str, budget: Budget = UNLIMITED) -> bool:
-    if operator == "==":
-        budget.step()
-        return actual == wanted
-    if operator == "=~":
-        return budget.search(filter_regex(_strip_slashes(wanted)), actual)
-    budget.step()
-    left, right = _typed(actual, wanted)
-    if operator == "!=":
-        return bool(left != right)
-    if operator == "<":
-        return bool(left < right)
-    if operator == ">":
-        return bool(left > right)
-    if operator == "<=":
-        return bool(left <= right)
-    if operator == ">=":
-        return bool(left >= right)
-    raise FilterError(f"unknown fact operator {operator!r}")
-
-
-def _match_name(pattern: str, names: Sequence[str] | frozenset[str],
-                budget: Budget = UNLIMITED) -> bool:
-    if _is_regex(pattern):
-        regex = filter_regex(_strip_slashes(pattern))
-        return any(budget.search(regex, name) for name in names)
-    budget.step()
-    return pattern in names
-
-
-def _values(node: NodeInfo, path: str, budget: Budget) -> list[str] | None:
-    """:func:`fact_values`, once per fact and evaluation (``budget.memo``)."""
-    memo = budget.memo
-    if memo is None:
-        return fact_values(node.facts, path)
-    key = ("fact", path)
-    if key not in memo:
-        values = fact_values(node.facts, path)
-        budget.step(len(values) if values else 1)  # rendering a long list costs
-        memo[key] = values
-    return memo[key]
 
 
 # -- the filter ----------------------------------------------------------------------
@@ -644,23 +368,6 @@ class FilterCost:
     def functions(self) -> set[str]:
         """The data plugin names the filter calls."""
         return {name for name, _ in self.calls}
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    """What a node knows about itself when it evaluates a filter.
-
-    ``data(name, argument)`` answers compound filter functions such as
-    ``fstat("/etc/hosts")`` with the plugin's outputs, or None when the plugin
-    is unknown or failed (:class:`collective.data.DataResolver`). Without it,
-    an expression that calls a function does not match.
-    """
-
-    identity: str
-    facts: Mapping[str, Any] = field(default_factory=dict)
-    classes: Sequence[str] = ()
-    agents: Sequence[str] = ()
-    data: Callable[[str, str | None], dict[str, Any] | None] | None = None
 
 
 _OP_WORDS = {
@@ -734,7 +441,6 @@ class Filter:
 
         The cheap checks come first: sizes, then parsing, then compiling regexes.
         """
-        compound = _compound()
         for key in FILTER_KEYS:
             if len(getattr(self, key)) > MAX_ENTRIES:
                 raise FilterError(f"filter {key} has more than {MAX_ENTRIES} entries")
@@ -746,15 +452,15 @@ class Filter:
             _check_fact(item, compile=False)
             chars += len(item.fact) + len(item.value)
             if item.operator == "=~":
-                regexes.append(_strip_slashes(item.value))
+                regexes.append(strip_slashes(item.value))
         terms = len(self.fact)
         for kind, values in (("class", self.cf_class), ("identity", self.identity),
                              ("agent", self.agent)):
             for value in values:
                 _check_value(kind, value, compile=False)
                 chars += len(value)
-                if _is_regex(value):
-                    regexes.append(_strip_slashes(value))
+                if is_regex(value):
+                    regexes.append(strip_slashes(value))
                     terms += 1
                 elif kind != "identity":
                     terms += 1
@@ -799,28 +505,28 @@ class Filter:
     def is_identity_only(self) -> bool:
         """True for a list of exact identities and nothing else: direct addressing,
         no discovery needed."""
-        return (bool(self.identity) and not any(_is_regex(i) for i in self.identity)
+        return (bool(self.identity) and not any(is_regex(i) for i in self.identity)
                 and not (self.fact or self.cf_class or self.agent or self.compound))
 
     def _simple_match(self, node: NodeInfo, budget: Budget) -> bool:
         """Identity, agent, class and fact entries (everything but ``compound``)."""
-        if self.identity and not any(_match_name(i, (node.identity,), budget)
+        if self.identity and not any(match_name(i, (node.identity,), budget)
                                      for i in self.identity):
             return False
         if self.agent:
             agents = frozenset([*node.agents, "discovery"])
-            if not all(_match_name(a, agents, budget) for a in self.agent):
+            if not all(match_name(a, agents, budget) for a in self.agent):
                 return False
         if self.cf_class:
             classes = frozenset(node.classes)
             budget.step(len(classes))
-            if not all(_match_name(c, classes, budget) for c in self.cf_class):
+            if not all(match_name(c, classes, budget) for c in self.cf_class):
                 return False
         for flt in self.fact:
-            values = _values(node, flt.fact, budget)
+            values = node_fact_values(node, flt.fact, budget)
             if values is None:
                 return False
-            if not any(_compare(v, flt.operator, flt.value, budget) for v in values):
+            if not any(compare(v, flt.operator, flt.value, budget) for v in values):
                 return False
         return True
 
@@ -837,7 +543,6 @@ class Filter:
         if not self._simple_match(node, budget):
             return False
         if self.compound:
-            compound = _compound()
             for text in self.compound:
                 if not isinstance(text, str):
                     raise FilterError("compound filter entries must be strings")
@@ -858,7 +563,6 @@ class Filter:
             return False
         unknown = False
         if self.compound:
-            compound = _compound()
             for text in self.compound:
                 if not isinstance(text, str):
                     raise FilterError("compound filter entries must be strings")
@@ -873,21 +577,20 @@ class Filter:
         clauses: list[str] = []
         if self.identity:
             clauses.append(" or ".join(
-                f"identity matches {i}" if _is_regex(i) else f"identity is {i}"
+                f"identity matches {i}" if is_regex(i) else f"identity is {i}"
                 for i in self.identity))
         for klass in self.cf_class:
-            clauses.append(f"has a class matching {klass}" if _is_regex(klass)
+            clauses.append(f"has a class matching {klass}" if is_regex(klass)
                            else f"has class {klass}")
         for agent in self.agent:
-            clauses.append(f"has an agent matching {agent}" if _is_regex(agent)
+            clauses.append(f"has an agent matching {agent}" if is_regex(agent)
                            else f"has agent {agent}")
         for flt in self.fact:
             value = flt.value
-            if flt.operator == "=~" and not _is_regex(value):
+            if flt.operator == "=~" and not is_regex(value):
                 value = f"/{value}/"
             clauses.append(f"fact {flt.fact} {_OP_WORDS.get(flt.operator, flt.operator)} {value}")
         if self.compound:
-            compound = _compound()
             for text in self.compound:
                 expr = compound.parse_cached(text)
                 words = compound.describe(expr)
@@ -897,10 +600,3 @@ class Filter:
         if len(self.identity) > 1 and len(clauses) > 1:
             clauses[0] = f"({clauses[0]})"
         return " and ".join(clauses)
-
-
-def _compound() -> Any:
-    """:mod:`collective.compound`, imported on first use (it imports this module)."""
-    from . import compound
-
-    return compound

@@ -21,6 +21,8 @@ import re
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
+from .names import FACT_NAME, FACT_NAME_MAX_CHARS, IDENTITY
+
 __all__ = ["BUILTIN_FORMATS", "Format", "format_registry", "regex_check"]
 
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,63}", re.ASCII)
@@ -75,10 +77,11 @@ def regex_check(pattern: str, max_length: int | None = None) -> Callable[[str], 
 SHELLSAFE_RE = r"[A-Za-z0-9][A-Za-z0-9 ._,:@+=/%-]*"
 #: systemd units, Debian/RPM package names, with epochs and ``@`` templates.
 SERVICE_NAME_RE = r"[A-Za-z0-9][A-Za-z0-9@._+:-]{0,254}"
-#: node identities, as in the wire grammar (``collective.message``).
-IDENTITY_RE = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}"
-#: a fact name or a dotted path into nested facts (``os.release.major``, ``interfaces.0``).
-FACT_NAME_RE = r"[A-Za-z0-9_][A-Za-z0-9_-]*(?:\.[A-Za-z0-9_][A-Za-z0-9_-]*)*"
+#: node identities: the wire grammar, :data:`collective.names.IDENTITY` (pattern text).
+IDENTITY_RE = IDENTITY
+#: a fact name or a dotted path into nested facts (``os.release.major``, ``interfaces.0``):
+#: :data:`collective.names.FACT_NAME` (pattern text).
+FACT_NAME_RE = FACT_NAME
 _LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
 
 
@@ -126,7 +129,7 @@ BUILTIN_FORMATS: tuple[Format, ...] = (
     Format("hostname", _hostname, "an RFC 1123 host name"),
     Format("identity", regex_check(IDENTITY_RE),
            "a node identity: letters, digits and _.- starting with a letter or digit, at most 64 characters"),
-    Format("fact_name", regex_check(FACT_NAME_RE, max_length=128),
+    Format("fact_name", regex_check(FACT_NAME_RE, max_length=FACT_NAME_MAX_CHARS),
            "a fact name or dotted path: letters, digits, _ and - separated by dots, at most 128 characters"),
 )
 

@@ -29,6 +29,19 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, ClassVar
 
+from .names import (
+    ACTION_PATTERN,
+    AGENT_PATTERN,
+    AGENT_RE,
+    CALLER_PATTERN,
+    COLLECTIVE_PATTERN,
+    IDENTITY_PATTERN,
+)
+
+# Re-exported: code and plugins import these from here.
+from .names import CALLER_RE as CALLER_RE
+from .names import IDENTITY_RE as IDENTITY_RE
+
 log = logging.getLogger(__name__)
 
 #: Deepest nesting of arrays/objects accepted (the top-level object counts as 1).
@@ -44,10 +57,12 @@ REGISTRATION_TYPE = "collective.registration/1"
 WIRE_VERSION = 1
 WIRE_KEYS = frozenset({"v", "alg", "kid", "sig", "body"})
 
-#: Name grammars (contracts.md).
-AGENT_PATTERN = r"^[a-z0-9_]{1,64}$"
-IDENTITY_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"
-CALLER_PATTERN = r"^[a-z0-9]+=[A-Za-z0-9._@-]{1,128}$"
+#: ``reply_to`` of a fire-and-forget request (``mco rpc --no-results``): nodes act but
+#: do not reply.
+NO_REPLY = "none"
+
+# The name grammars (agent, action, identity, collective, caller) are defined in
+# collective.names and used by the envelope schemas below. The other fields' grammars:
 REQUEST_ID_PATTERN = r"^[0-9a-f]{32}$"
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 #: A logical destination (``COLL.reply.ID``); parsed strictly by the connector layer.
@@ -55,9 +70,6 @@ REPLY_TO_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,254}$"
 ALG_PATTERN = r"^[a-z0-9-]{1,32}$"
 KID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
-AGENT_RE = re.compile(AGENT_PATTERN)
-IDENTITY_RE = re.compile(IDENTITY_PATTERN)
-CALLER_RE = re.compile(CALLER_PATTERN)
 _ALG_RE = re.compile(ALG_PATTERN)
 #: A DDL version string in a registration (``"1.2.0"``, ``"0.1.0.dev3+g1a2b"``).
 VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
@@ -228,6 +240,8 @@ def strict_loads(data: bytes | bytearray | memoryview | str, max_bytes: int | No
 # -- envelope schemas ----------------------------------------------------------------------
 _identity = {"type": "string", "pattern": IDENTITY_PATTERN}
 _agent = {"type": "string", "pattern": AGENT_PATTERN}
+_action = {"type": "string", "pattern": ACTION_PATTERN}
+_collective = {"type": "string", "pattern": COLLECTIVE_PATTERN}
 _time = {"type": "integer", "minimum": 0, "maximum": MAX_INT}
 
 REQUEST_SCHEMA: dict[str, Any] = {
@@ -240,9 +254,9 @@ REQUEST_SCHEMA: dict[str, Any] = {
         "id": {"type": "string", "pattern": REQUEST_ID_PATTERN},
         "sender": _identity,
         "caller": {"type": "string", "pattern": CALLER_PATTERN},
-        "collective": _identity,
+        "collective": _collective,
         "agent": _agent,
-        "action": _agent,
+        "action": _action,
         "data": {"type": "object"},
         "filter": {"type": "object"},
         "time": _time,
@@ -263,7 +277,7 @@ REPLY_SCHEMA: dict[str, Any] = {
         "request_sha256": {"type": "string", "pattern": SHA256_PATTERN},
         "sender": _identity,
         "agent": _agent,
-        "action": _agent,
+        "action": _action,
         "statuscode": {"type": "integer", "minimum": 0, "maximum": 5},
         "statusmsg": {"type": "string"},
         "data": {"type": "object"},
@@ -279,8 +293,8 @@ REGISTRATION_SCHEMA: dict[str, Any] = {
     "properties": {
         "type": {"const": REGISTRATION_TYPE},
         "identity": _identity,
-        "collective": _identity,
-        "collectives": {"type": "array", "items": _identity},
+        "collective": _collective,
+        "collectives": {"type": "array", "items": _collective},
         "facts": {"type": "object"},
         "classes": {"type": "array", "items": {"type": "string"}},
         # each {"name": <agent>, "version": <DDL version> | null}; checked in from_body

@@ -14,7 +14,7 @@ from .options import filter_options
 def filter_lines(flt: Any) -> list[str]:
     """One heading per kind of filter, each followed by indented English lines."""
     from ..compound import describe, parse_cached
-    from ..filters import _is_regex
+    from ..matching import is_regex
 
     lines: list[str] = []
     for text in flt.compound:
@@ -27,17 +27,17 @@ def filter_lines(flt: Any) -> list[str]:
     if flt.cf_class:
         lines.append("-C filter expands to the following class checks:")
         for klass in flt.cf_class:
-            lines.append(f"  Class matches {klass}" if _is_regex(klass)
+            lines.append(f"  Class matches {klass}" if is_regex(klass)
                          else f"  Class '{klass}' is present")
     if flt.agent:
         lines.append("-A filter expands to the following agent checks:")
         for agent in flt.agent:
-            lines.append(f"  Agent matches {agent}" if _is_regex(agent)
+            lines.append(f"  Agent matches {agent}" if is_regex(agent)
                          else f"  Agent '{agent}' is present")
     if flt.identity:
         lines.append("-I filter expands to the following identity checks (any one matches):")
         for identity in flt.identity:
-            lines.append(f"  Identity matches {identity}" if _is_regex(identity)
+            lines.append(f"  Identity matches {identity}" if is_regex(identity)
                          else f"  Identity is '{identity}'")
     if not lines:
         lines.append("No filter given: every node matches")

@@ -15,7 +15,8 @@ Example::
 
 from __future__ import annotations
 
+from .errors import ClientError
 from .results import CallStats, NodeReply, Result
-from .rpc import Client, ClientError
+from .rpc import Client
 
 __all__ = ["CallStats", "Client", "ClientError", "NodeReply", "Result"]

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..ddl import ddl_digest
+from ..names import AGENT, AGENT_RE
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +39,9 @@ FORMAT = 1
 MAX_FILE_BYTES = 1024 * 1024
 #: DDLs kept per agent; older ones (by confirmation time) are removed
 KEEP_PER_AGENT = 5
-_NAME = re.compile(r"[a-z0-9_]{1,64}")
 _VERSION = re.compile(r"[0-9]+(?:\.[0-9]+){0,2}(?:[-+][0-9A-Za-z.+-]{1,64})?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
-_FILE = re.compile(r"(?P<agent>[a-z0-9_]{1,64})-(?P<version>[0-9A-Za-z.+-]{1,80})-(?P<sha256>[0-9a-f]{64})\.json")
+_FILE = re.compile(rf"(?P<agent>{AGENT})-(?P<version>[0-9A-Za-z.+-]{{1,80}})-(?P<sha256>[0-9a-f]{{64}})\.json")
 
 
 def default_cache_dir() -> Path:
@@ -61,7 +61,7 @@ def cache_dir(config: Any) -> Path:
 def valid_key(agent: str, version: str, sha256: str) -> bool:
     """Whether the three parts may name a cache file (nothing that could leave the directory)."""
     return (isinstance(agent, str) and isinstance(version, str) and isinstance(sha256, str)
-            and bool(_NAME.fullmatch(agent)) and bool(_VERSION.fullmatch(version))
+            and bool(AGENT_RE.fullmatch(agent)) and bool(_VERSION.fullmatch(version))
             and bool(_SHA256.fullmatch(sha256)))
 
 
@@ -182,7 +182,7 @@ class DDLCache:
 
     def entries(self, agent: str) -> list[CacheEntry]:
         """Every readable entry for ``agent``, the most recently confirmed first."""
-        if not _NAME.fullmatch(agent or "") or not self.directory.is_dir():
+        if not AGENT_RE.fullmatch(agent or "") or not self.directory.is_dir():
             return []
         found = []
         for path in self.directory.glob(f"{agent}-*.json"):

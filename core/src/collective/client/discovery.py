@@ -43,7 +43,7 @@ Wiring into the CLI (for ``mco rpc``/``find``/``ping``)::
         warn(f"{node}: inventory data is stale (last registration {age} ago)")
     result = client.request(agent, action, data, filter=flt, targets=found.nodes, ...)
 
-A method raises :class:`DiscoveryError` (a :class:`~collective.client.rpc.ClientError`
+A method raises :class:`DiscoveryError` (a :class:`~collective.client.errors.ClientError`
 and a ``ValueError``)
 with one clear line when it cannot answer; :func:`discover` raises
 :class:`~collective.plugins.PluginError` with a "did you mean" hint for an unknown
@@ -62,8 +62,8 @@ from pathlib import Path
 from typing import Any, ClassVar, TextIO
 
 from ..filters import Filter, NodeInfo
-from ..message import IDENTITY_RE
-from .rpc import ClientError
+from ..names import IDENTITY_RE
+from .errors import ClientError
 
 log = logging.getLogger(__name__)
 

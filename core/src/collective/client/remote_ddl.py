@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..ddl import AgentDDL, DDLError, canonical_json, ddl_digest
+from ..names import AGENT_RE
 from .ddl_cache import CacheEntry, DDLCache
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,6 @@ MAX_DOWNLOAD_TRIES = 3
 #: nodes named per version in the disagreement warning
 SHOW_NODES = 5
 
-_NAME = re.compile(r"[a-z0-9_]{1,64}")
 _VERSION = re.compile(r"[0-9]+(?:\.[0-9]+){0,2}(?:[-+][0-9A-Za-z.+-]{1,64})?")
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 #: C0 and C1 controls (but newline and tab) and the bidirectional overrides
@@ -144,7 +144,7 @@ def check_untrusted(doc: Any, agent: str, sha256: str | None = None, source: str
         raise DDLError(f"{where}: {size} bytes, more than the {MAX_DDL_BYTES} a fetched DDL may have")
     meta = doc.get("metadata")
     name = meta.get("name") if isinstance(meta, dict) else None
-    if not isinstance(name, str) or not _NAME.fullmatch(name):
+    if not isinstance(name, str) or not AGENT_RE.fullmatch(name):
         raise DDLError(f"{where}: metadata.name: {name!r} is not an agent name")
     if name != agent:
         raise DDLError(f"{where}: metadata.name: {name!r} is not the agent that was asked for ({agent!r})")
@@ -340,9 +340,9 @@ def resolve(client: Any, agent: str, *, filter: Any = None, nodes: Iterable[str]
     :raises ClientError: no targeted node has the agent, or what they sent was refused
     """
     from ..security.base import SecurityError
-    from .rpc import ClientError
+    from .errors import ClientError
 
-    if not isinstance(agent, str) or not _NAME.fullmatch(agent):
+    if not isinstance(agent, str) or not AGENT_RE.fullmatch(agent):
         raise ClientError(f"No DDL found for agent {agent!r}: not an agent name")
     cache: DDLCache = client.ddl_cache
     formats = client.pm.formats()

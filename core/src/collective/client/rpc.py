@@ -16,21 +16,20 @@ from typing import Any
 from ..config import Config
 from ..connectors.destinations import Destination, caller_reply_name, parse_logical, reply_owner
 from ..filters import Filter
-from ..message import MalformedMessage, RequestMessage
+from ..message import NO_REPLY, MalformedMessage, RequestMessage
 from ..plugins import PluginManager, get_plugin_manager, resolve
 from ..security.base import SecurityError
+from .errors import ClientError
 from .results import CallStats, NodeReply, Result
 
 log = logging.getLogger(__name__)
 
 #: seconds added to the DDL timeout for transit when waiting for replies
 REPLY_MARGIN = 1.0
-#: ``reply_to`` of a fire-and-forget request: nodes act but do not reply
-NO_REPLY = "none"  # the daemon's collective.server.daemon.NO_REPLY
 
-
-class ClientError(Exception):
-    """A client-side problem: nothing was sent (bad input, unknown agent, no broker)."""
+# ClientError (collective.client.errors) and NO_REPLY (collective.message) are defined
+# there and stay importable from here.
+__all__ = ["Client", "ClientError", "NO_REPLY", "REPLY_MARGIN", "apply_limit", "batch_count"]
 
 
 class _Pending:

@@ -53,13 +53,16 @@ import time
 from dataclasses import dataclass
 from typing import Literal
 
+from ..names import AGENT_RE, COLLECTIVE_RE, IDENTITY_RE
+
 Kind = Literal["broadcast", "directed", "reply", "registration"]
 Flavour = Literal["embedded", "rabbitmq", "activemq"]
 
 FLAVOURS: tuple[str, ...] = ("embedded", "rabbitmq", "activemq")
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")  # collective, node identity
-AGENT_RE = re.compile(r"^[a-z0-9_]{1,64}$")
+#: Collectives and node identities share one grammar (:mod:`collective.names`); the old
+#: name is kept for code that imports it from here.
+NAME_RE = IDENTITY_RE
 REPLY_ID_RE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 #: The last, dot-free part of a reply id: ``C.reply.NAME.TAG``.
 REPLY_TAG_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -95,11 +98,11 @@ class Destination:
     name: str  # agent name / node identity / reply id; "" for a registration
 
     def __post_init__(self) -> None:
-        _check(self.collective, NAME_RE, "collective")
+        _check(self.collective, COLLECTIVE_RE, "collective")
         if self.kind == "broadcast":
             _check(self.name, AGENT_RE, "agent name")
         elif self.kind == "directed":
-            _check(self.name, NAME_RE, "node identity")
+            _check(self.name, IDENTITY_RE, "node identity")
         elif self.kind == "reply":
             _check(self.name, REPLY_ID_RE, "reply id")
         elif self.kind == "registration":

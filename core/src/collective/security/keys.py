@@ -11,20 +11,19 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import stat
 from pathlib import Path
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from ..message import IDENTITY_PATTERN
+from ..names import IDENTITY_PATTERN, IDENTITY_RE
 from .base import SecurityError
 
 log = logging.getLogger(__name__)
 
 #: Key names (file stems): the identity grammar, so no ``/``, no leading ``.``.
-NAME_RE = re.compile(IDENTITY_PATTERN)
+NAME_RE = IDENTITY_RE
 #: Sub-directories of a trust dir: client keys sign requests, node keys sign replies.
 TRUST_KINDS = ("clients", "nodes")
 #: Largest key file read (a PEM Ed25519 key is about 120 bytes).

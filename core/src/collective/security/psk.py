@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..message import (
-    CALLER_RE,
     RegistrationMessage,
     ReplyMessage,
     RequestMessage,
     decode_wire,
     encode_wire,
 )
+from ..names import CALLER_RE
 from .base import Purpose, Role, SecurityError, SecurityProvider, Verified, check_purpose
 from .keys import read_secret_file
 

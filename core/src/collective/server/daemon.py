@@ -33,19 +33,16 @@ from ..config import Config
 from ..connectors.destinations import Destination, caller_reply_name, parse_logical, reply_owner
 from ..facts import FactStore, read_classes
 from ..filters import Filter
-from ..message import MalformedMessage, ReplyMessage, RequestMessage
+from ..message import NO_REPLY, MalformedMessage, ReplyMessage, RequestMessage
 from ..plugins import PluginManager, get_plugin_manager, resolve
 from ..security.base import SecurityError
 from ..security.freshness import ReplayGuard
-from .dispatch import AgentHost, CallInfo, Outcome, _short_error
+from .dispatch import AgentHost, CallInfo, Outcome, short_error
 from .pool import PoolFull, WorkerPool
 from .prefilter import DEFER, NO_MATCH, Prefilter
 from .workers import PoolJob, ProcessPool
 
 log = logging.getLogger(__name__)
-
-#: ``reply_to`` of a fire-and-forget request (signed like every other field): act, don't reply.
-NO_REPLY = "none"
 
 #: Agents answered on the reserved thread, never queued behind slow actions.
 RESERVED_AGENTS = frozenset({"rpcutil", "discovery"})
@@ -609,7 +606,7 @@ class Daemon:
                 log.exception("request %s: checking %s#%s failed", request.id, request.agent,
                               request.action)
                 outcome = Outcome(5, f"Unknown error in {request.agent}#{request.action}: "
-                                     f"{_short_error(exc)}", {}, "invalid", "error")
+                                     f"{short_error(exc)}", {}, "invalid", "error")
             if outcome is not None:
                 self.count("denied" if outcome.decision == "deny" else "invalid")
                 decision = "deny" if outcome.decision == "deny" else "refused"
@@ -722,7 +719,7 @@ class Daemon:
                 return
             exc = future.exception()
             done(future.result() if exc is None else Outcome(
-                5, f"Unknown error in {call.agent}#{call.action}: {_short_error(exc)}", {},
+                5, f"Unknown error in {call.agent}#{call.action}: {short_error(exc)}", {},
                 "allow", "error"))
 
         def busy(message: str) -> None:
@@ -762,7 +759,7 @@ class Daemon:
             return host.run(call)
         except BaseException as exc:  # noqa: BLE001 - host.run maps errors; this is the last resort
             log.exception("%s#%s (request %s) failed", call.agent, call.action, call.request_id)
-            return Outcome(5, f"Unknown error in {call.agent}#{call.action}: {_short_error(exc)}",
+            return Outcome(5, f"Unknown error in {call.agent}#{call.action}: {short_error(exc)}",
                            {}, "allow", "error")
 
     def _reply(self, request_body: bytes, request: RequestMessage, statuscode: int,

@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only
 
 log = logging.getLogger(__name__)
 
-__all__ = ["AgentHost", "CallInfo", "NodeContext", "Outcome", "StaticNode"]
+__all__ = ["AgentHost", "CallInfo", "NodeContext", "Outcome", "StaticNode", "short_error"]
 
 NOT_AUTHORIZED = "You are not authorized to call this agent or action."
 
@@ -162,7 +162,7 @@ _REASONS = {0: "ok", 1: "aborted", 2: "unknown_action", 3: "missing_data", 4: "i
             5: "error"}
 
 
-def _short_error(exc: BaseException, limit: int = 160) -> str:
+def short_error(exc: BaseException, limit: int = 160) -> str:
     """``Type: first line of the message``, cut to ``limit`` characters: never a traceback."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     text = text if len(text) <= limit else text[: limit - 3] + "..."
@@ -228,7 +228,7 @@ class AgentHost:
                 active = cls.activate(self.config)
             except Exception as exc:
                 log.debug("agent %s activate() failed", name, exc_info=True)
-                problems.append(f"agent {name} ({label}) disabled: activate() failed: {_short_error(exc)}")
+                problems.append(f"agent {name} ({label}) disabled: activate() failed: {short_error(exc)}")
                 continue
             if not active:
                 log.debug("agent %s is not activated on this node", name)
@@ -237,7 +237,7 @@ class AgentHost:
                 instance = cls(self.config, self.node)
             except Exception as exc:
                 log.debug("agent %s could not be constructed", name, exc_info=True)
-                problems.append(f"agent {name} ({label}) disabled: {_short_error(exc)}")
+                problems.append(f"agent {name} ({label}) disabled: {short_error(exc)}")
                 continue
             instance.ddl = ddl
             agents[name] = instance
@@ -385,7 +385,7 @@ def invoke(agent: Any, func: Any, job: Mapping[str, Any]) -> tuple[int, str, dic
         reply.fail(str(exc) or _REASONS[code], code)
     except (Exception, SystemExit, KeyboardInterrupt) as exc:
         log.exception("%s (request %s) raised", label, meta["id"])
-        reply.fail(f"Unknown error in {label}: {_short_error(exc)}", 5)
+        reply.fail(f"Unknown error in {label}: {short_error(exc)}", 5)
     return reply.statuscode, reply.statusmsg, dict(reply.data)
 
 

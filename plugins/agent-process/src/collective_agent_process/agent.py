@@ -84,7 +84,7 @@ def _signal_number(name: str) -> tuple[int, str]:
     return int(getattr(signal_module, "SIG" + short)), "SIG" + short
 
 
-def _text(info: dict[str, Any]) -> str:
+def command_text(info: dict[str, Any]) -> str:
     """The command line as one string (``[name]`` when empty, as ps shows kernel threads
     and zombies), cut to :data:`MAX_CMDLINE_CHARS`."""
     argv = info.get("cmdline") or []
@@ -105,7 +105,7 @@ def _record(info: dict[str, Any], now: float) -> dict[str, Any]:
         "pid": info.get("pid"),
         "ppid": info.get("ppid"),
         "username": info.get("username"),
-        "cmdline": _text(info),
+        "cmdline": command_text(info),
         "name": info.get("name"),
         "state": info.get("status"),
         "rss": getattr(mem, "rss", None),
@@ -183,7 +183,7 @@ class Process(Agent):
                 uids = info.get("uids")
                 if not (user.isdigit() and uids is not None and uids.real == int(user)):
                     continue
-            if not use_regex and pattern not in _text(info):
+            if not use_regex and pattern not in command_text(info):
                 continue
             candidates.append(info)
         if use_regex and pattern:
@@ -199,7 +199,7 @@ class Process(Agent):
         """Keep the candidates whose command line ``pattern`` matches, in a child
         interpreter killed after :meth:`regex_timeout` seconds (status 4 then)."""
         budget = self.regex_timeout()
-        doc = json.dumps({"pattern": pattern, "texts": [_text(i) for i in candidates]})
+        doc = json.dumps({"pattern": pattern, "texts": [command_text(i) for i in candidates]})
         try:
             indices = run_matcher(doc, budget)
         except subprocess.TimeoutExpired:

@@ -33,9 +33,9 @@ class ProcessData(DataPlugin):
     def query(self, argument: str | None, node: Any) -> dict[str, Any]:
         import psutil
 
-        from .agent import _text
+        from .agent import command_text
 
         pattern = argument or ""
         count = sum(1 for proc in psutil.process_iter(attrs=["cmdline", "name"], ad_value=None)
-                    if pattern in _text(proc.info))
+                    if pattern in command_text(proc.info))
         return {"exists": count > 0, "count": count}

@@ -39,6 +39,7 @@ from typing import Any
 
 from collective.authz import AuthzContext, Decision
 from collective.config import ConfigError
+from collective.names import AGENT_RE
 from collective.security.keys import trust_problem
 
 from .parser import MAX_FILE_BYTES, Groups, Policy, PolicyError, parse_groups, parse_policy
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ActionPolicyAuthorizer", "Settings", "parse_bool"]
 
-AGENT_RE = re.compile(r"[a-z0-9_]{1,64}")
 DEFAULT_NAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,63}")
 GROUPS_FILE = "groups"
 _TRUE = frozenset({"1", "y", "yes", "true", "on"})
