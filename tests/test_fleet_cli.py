@@ -73,6 +73,7 @@ def test_ping_with_identities_ends_as_soon_as_they_answer(fleet):
     (["-I", "/node-00[23]/"], ["node-002", "node-003"]),
     (["-A", "canary"], ["node-001", "node-002", "node-003"]),
     (["-A", "nosuchagent"], []),
+    (["-A", "mcollective"], ["node-001", "node-002", "node-003"]),  # the pseudo-agent
     (["-W", "base role=cache"], ["node-003"]),
     (["-F", "location=uk", "-F", "role=db"], ["node-002"]),
 ])

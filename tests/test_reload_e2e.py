@@ -432,7 +432,7 @@ def test_pip_uninstall_and_sighup_removes_the_agent(rig):
     for node in NODES:
         assert sorted(rig.inventory(node)) == ["reloadsteady", "rpcutil"]
         gone = rig.call(node, "reloadtest", "version")
-        assert gone.statuscode == 2 and "Unknown action version for agent reloadtest" in gone.statusmsg
+        assert gone.statuscode == 2 and "Unknown agent reloadtest" in gone.statusmsg
         assert "reloadtest" not in rig.stats(node)["agents"]
         assert "reloadsteady" in rig.inventory(node)
         assert rig.stats(node)["plugin_problems"] == []

@@ -287,10 +287,12 @@ def test_unknown_actions_are_status_2_and_run_nothing(host, canary, name):
     assert not canary.exists()
 
 
-@pytest.mark.parametrize("agent", ["nosuch", "Canary", "__class__", "rpcutil"])
-def test_unknown_agents_are_status_2(host, canary, agent):
+@pytest.mark.parametrize("agent", ["nosuch", "Canary", "__class__"])
+def test_unknown_agents_are_status_2_and_say_unknown_agent(host, canary, agent):
     outcome = dispatch(host, call("write", agent=agent, text="x"))
-    assert (outcome.statuscode, outcome.statusmsg) == (2, f"Unknown action write for agent {agent}")
+    assert (outcome.statuscode, outcome.statusmsg) == (
+        2, f"Unknown agent {agent}: this node does not have it")
+    assert outcome.reason == "unknown_agent"
     assert not canary.exists()
 
 

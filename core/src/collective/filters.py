@@ -18,7 +18,8 @@ Semantics (MCollective 2.x, MCollective 2.x):
   A value that starts with ``/`` but does not end with one is refused rather
   than guessed at.
 * The agent filter sees the agents the node reports plus ``discovery``, which
-  every node answers.
+  every node answers, and MCollective's pseudo-agent ``mcollective``, which every
+  node has (``-A mcollective`` matches the whole fleet).
 * Facts: ``fact`` is a dotted path into nested mappings (``os.family``); a
   top-level key that itself contains a dot is tried first; a numeric path part
   indexes a list. A missing fact (or ``null``) never matches. A list fact
@@ -514,7 +515,8 @@ class Filter:
                                      for i in self.identity):
             return False
         if self.agent:
-            agents = frozenset([*node.agents, "discovery"])
+            # "mcollective" is MCollective's pseudo-agent every node has (-A mcollective)
+            agents = frozenset([*node.agents, "discovery", "mcollective"])
             if not all(match_name(a, agents, budget) for a in self.agent):
                 return False
         if self.cf_class:

@@ -259,8 +259,12 @@ class AgentHost:
             (decision ``allow``); the validated data is kept on ``call`` for :meth:`run`
         """
         agent, action = call.agent, call.action
-        if not isinstance(agent, str) or not isinstance(action, str) \
-                or agent not in self.agents or action not in self._actions.get(agent, {}):
+        if not isinstance(agent, str) or agent not in self.agents:
+            # a node asked directly for an agent it does not have (MCollective: the
+            # node has no such agent, so the action cannot be known either)
+            return Outcome(2, f"Unknown agent {agent}: this node does not have it", {},
+                           "invalid", "unknown_agent")
+        if not isinstance(action, str) or action not in self._actions.get(agent, {}):
             return Outcome(2, f"Unknown action {action} for agent {agent}", {}, "invalid",
                            "unknown_action")
         act = self.agents[agent].ddl.actions[action]  # type: ignore[union-attr]
