@@ -160,6 +160,19 @@ def test_facts_report(fleet):
     assert code == 0
     assert "Report for fact: role" in out
     assert out.count("found 1 times") == 3
+    assert "without fact" not in out
+
+
+def test_facts_lists_the_nodes_lacking_the_fact_apart(fleet):
+    code, out, err = mco(fleet, "facts", "nosuchfact", "--dt", "1")
+    assert code == 0, err
+    assert "found" not in out  # no empty value "found 3 times"
+    lines = out.splitlines()
+    at = lines.index("Nodes without fact nosuchfact: 3")
+    assert [line.strip() for line in lines[at + 2:at + 5]] == ["node-001", "node-002", "node-003"]
+    code, out, err = mco(fleet, "facts", "nosuchfact", "--dt", "1", "--json")
+    assert code == 0 and json.loads(out) == {}
+    assert "Nodes without fact nosuchfact: node-001, node-002, node-003" in err
 
 
 def test_plugin_list_and_doc(fleet):

@@ -164,12 +164,18 @@ def facts(fact: str, config_path: str | None, flt: Any, discovery: dict[str, Any
                             discovery_timeout=discovery_timeout, nodes=discovery["nodes"],
                             discovery_method=discovery["method"], discovery_options=discovery["options"])
     by_value: dict[str, list[str]] = {}
+    lacking: list[str] = []  # nodes without the fact (or with null): not an empty value
     for reply in result.ok:
         value = reply.data.get("value")
-        shown = json.dumps(value) if isinstance(value, (list, dict)) else ("" if value is None else str(value))
+        if value is None:
+            lacking.append(reply.sender)
+            continue
+        shown = json.dumps(value) if isinstance(value, (list, dict)) else str(value)
         by_value.setdefault(shown, []).append(reply.sender)
     if as_json:
         click.echo(json.dumps(by_value, indent=2, sort_keys=True))
+        if lacking:
+            click.echo(f"Nodes without fact {fact}: {', '.join(sorted(lacking))}", err=True)
         sys.exit(result.exit_code())
     click.echo(f"Report for fact: {fact}\n")
     counts = Counter({value: len(nodes) for value, nodes in by_value.items()})
@@ -178,6 +184,10 @@ def facts(fact: str, config_path: str | None, flt: Any, discovery: dict[str, Any
         if verbose:
             for node in sorted(by_value[value]):
                 click.echo(f"            {node}")
+    if lacking:
+        click.echo(f"\nNodes without fact {fact}: {len(lacking)}\n")
+        for node in sorted(lacking):
+            click.echo(f"            {node}")
     from .output import finished_line, no_response_text
 
     click.echo("\n" + finished_line(result, time.monotonic() - started))
