@@ -11,7 +11,12 @@ import click
 from ..client.results import STATUS_LABELS, NodeReply, Result
 
 
-def _value(value: Any) -> str:
+def _value(value: Any, spec: Any = None) -> str:
+    """How a reply value is printed; ``spec`` is its DDL output (``"x-display": "time"``
+    shows unix seconds as a local date, as MCollective shows ``Start Time``)."""
+    if isinstance(spec, dict) and spec.get("x-display") == "time" \
+            and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return time.strftime("%Y-%m-%d %H:%M:%S %z", time.localtime(value))
     if isinstance(value, (dict, list)):
         return json.dumps(value, sort_keys=True)
     if value is True or value is False:
@@ -40,7 +45,7 @@ def node_text(reply: NodeReply, outputs: dict[str, Any], verbose: bool = False) 
     labels = {key: outputs.get(key, {}).get("display_as", key) for key in reply.data}
     width = max((len(label) for label in labels.values()), default=0) + 3
     for key, value in reply.data.items():
-        lines.append(f"{labels[key]:>{width}}: {_value(value)}")
+        lines.append(f"{labels[key]:>{width}}: {_value(value, outputs.get(key))}")
     return "\n".join(lines)
 
 
