@@ -100,6 +100,23 @@ def test_rpc_prints_nodes_summary_and_finished_line(fleet):
     assert "Finished processing 3 / 3 hosts in" in out
 
 
+@pytest.mark.parametrize("spelling", [
+    ["--agent", "rpcutil", "--action", "get_fact", "--arg", "fact=role"],
+    ["--agent=rpcutil", "--action=get_fact", "--argument=fact=role"],
+    ["rpcutil", "--action", "get_fact", "fact=role"],
+    ["--agent", "rpcutil", "get_fact", "--arg", "fact=role"],
+])
+def test_rpc_takes_mcollectives_agent_action_arg_spellings(fleet, spelling):
+    code, out, err = mco(fleet, "rpc", *spelling, "-I", "node-001")
+    assert code == 0, out + err
+    assert "Summary of Value:" in out and "web = 1" in out
+
+
+def test_rpc_without_an_action_is_a_usage_error(fleet):
+    code, _, err = mco(fleet, "rpc", "--agent", "rpcutil", "fact=role")
+    assert code == 2 and "give an agent and an action" in err
+
+
 def test_rpc_direct_addressing_needs_no_discovery(fleet):
     started = time.monotonic()
     code, out, _ = mco(fleet, "rpc", "rpcutil", "ping", "-I", "node-002", "--dt", "10")

@@ -46,9 +46,13 @@ def orchestration_options(func: Any) -> Any:
 
 
 @click.command()
-@click.argument("agent")
-@click.argument("action")
-@click.argument("arguments", nargs=-1)
+@click.argument("words", nargs=-1, metavar="AGENT ACTION [KEY=VALUE]...")
+@click.option("--agent", "agent_option", default=None, metavar="AGENT",
+              help="The agent (MCollective's spelling; instead of the first word)")
+@click.option("--action", "action_option", default=None, metavar="ACTION",
+              help="The action (instead of the word after the agent)")
+@click.option("--arg", "--argument", "arg_options", multiple=True, metavar="KEY=VALUE",
+              help="One input (repeatable), as the KEY=VALUE words are")
 @filter_options
 @discovery_options
 @orchestration_options
@@ -64,7 +68,8 @@ def orchestration_options(func: Any) -> Any:
 @click.option("--filter-replies", "filter_replies", default=None, metavar="EXPR",
               help="Only print replies matching this -S style expression, e.g. 'statuscode=0 and data.ensure=present'")
 @guarded("rpc")
-def rpc(agent: str, action: str, arguments: tuple[str, ...], config_path: str | None,
+def rpc(words: tuple[str, ...], agent_option: str | None, action_option: str | None,
+        arg_options: tuple[str, ...], config_path: str | None,
         flt: Any, collective: str | None, discovery_timeout: float | None, discovery: dict[str, Any],
         batch: str | None, batch_sleep: float | None, batch_mode: str, limit: str | None, one: bool,
         limit_seed: int | None, timeout: float | None, as_json: bool, verbose: bool,
@@ -83,6 +88,8 @@ def rpc(agent: str, action: str, arguments: tuple[str, ...], config_path: str | 
         should_show,
     )
 
+    agent, action, arguments = agent_action_arguments(words, agent_option, action_option,
+                                                      arg_options)
     started = time.monotonic()
     select = compile_reply_filter(filter_replies)
     with make_client(config_path, collective) as client:
@@ -131,6 +138,21 @@ def rpc(agent: str, action: str, arguments: tuple[str, ...], config_path: str | 
     if result.replies and not any(should_show(r, policy) for r in shown):
         click.echo("")
     finish(result, act, aggregates, started, verbose)
+
+
+def agent_action_arguments(words: tuple[str, ...], agent: str | None, action: str | None,
+                           args: tuple[str, ...]) -> tuple[str, str, tuple[str, ...]]:
+    """``mco rpc AGENT ACTION k=v`` or MCollective's ``--agent A --action B --arg k=v``
+    (mixed as MCollective allows: the words fill in what the options did not say)."""
+    rest = list(words)
+    if agent is None and rest and "=" not in rest[0]:
+        agent = rest.pop(0)
+    if action is None and rest and "=" not in rest[0]:
+        action = rest.pop(0)
+    if not agent or not action:
+        raise click.UsageError("give an agent and an action: mco rpc AGENT ACTION [KEY=VALUE]..., "
+                               "or --agent AGENT --action ACTION [--arg KEY=VALUE]...")
+    return agent, action, (*rest, *args)
 
 
 def compile_reply_filter(expression: str | None) -> Any:
