@@ -160,6 +160,20 @@ def test_chaining_with_filter_replies_and_nodes_from_stdin(fleet):
     assert sorted(n for _, n, _ in wait_canary(fleet, "chain", 2)) == ["node-001", "node-004"]
 
 
+def test_mcollective_discovery_spellings_dm_stdin_and_dm_flatfile_do_file(fleet, tmp_path):
+    code, out, err = mco(fleet, "rpc", "canary", "run", "marker=dmstdin", "--dm", "stdin",
+                         stdin="node-002\nnode-003\n")
+    assert code == 0, out + err
+    assert "Finished processing 2 / 2 hosts" in out
+    listed = tmp_path / "hosts.txt"
+    listed.write_text("node-001\n# a comment\nnode-003\n")
+    code, out, err = mco(fleet, "find", "--dm", "flatfile", "--do", str(listed))
+    assert code == 0, out + err
+    assert out.split() == ["node-001", "node-003"]
+    code, _, err = mco(fleet, "find", "--dm", "broadcast", "--do", "justaword")
+    assert code == 1 and "expected key=value" in err
+
+
 def test_nodes_from_a_file(fleet, tmp_path):
     listing = tmp_path / "nodes.txt"
     listing.write_text("# the db and cache nodes\nnode-002\n\nnode-003\n")

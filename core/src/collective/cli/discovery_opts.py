@@ -27,9 +27,11 @@ def discovery_options(func: F) -> F:
         options: dict[str, Any] = {}
         for pair in do:
             key, sep, value = pair.partition("=")
-            if not sep or not key:
+            if not sep and dm in ("flatfile", "nodes"):
+                key, value = "file", pair  # MCollective: --dm flatfile --do FILE
+            elif not sep or not key:
                 fail(click.get_current_context().info_name or "mco",
-                     f"--do {pair!r}: expected key=value")
+                     f"--do {pair!r}: expected key=value (or a file with --dm flatfile)")
             options[key] = value
         if discovery_window is not None:
             options["window"] = discovery_window
@@ -46,9 +48,10 @@ def discovery_options(func: F) -> F:
 
     decorators = [
         click.option("--dm", "--discovery-method", "dm", default=None, metavar="METHOD",
-                     help="Discovery method: broadcast (default), inventory, ..."),
+                     help="Discovery method: broadcast (default), inventory, flatfile, stdin, ..."),
         click.option("--do", "--discovery-option", "do", multiple=True, metavar="KEY=VALUE",
-                     help="Option for the discovery method (repeatable)"),
+                     help="Option for the discovery method (repeatable); with --dm flatfile "
+                          "the file of identities"),
         click.option("--discovery-window", type=float, default=None, metavar="SECONDS",
                      help="Broadcast discovery ends once no new node answered for this long"),
         click.option("--nodes", "nodes_source", default=None, metavar="FILE|-",

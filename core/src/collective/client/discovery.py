@@ -287,8 +287,20 @@ class FlatfileDiscovery(NodesDiscovery):
         return Discovered(nodes, [], self.name)
 
 
+class StdinDiscovery(FlatfileDiscovery):
+    """``--dm stdin``: identities (text or ``mco --json`` output) read from standard
+    input, narrowed by the filter's identity entries, as MCollective's ``stdin`` method."""
+
+    name = "stdin"
+    options = ()
+
+    def source(self) -> Any:
+        return "-"
+
+
 BUILTIN_METHODS: tuple[type[DiscoveryMethod], ...] = (
-    BroadcastDiscovery, McDiscovery, InventoryDiscovery, FlatfileDiscovery, NodesDiscovery)
+    BroadcastDiscovery, McDiscovery, InventoryDiscovery, FlatfileDiscovery, NodesDiscovery,
+    StdinDiscovery)
 
 
 def discover(client: Any, method: str, flt: Filter | None, timeout: float | None = None,
@@ -306,6 +318,7 @@ def discover(client: Any, method: str, flt: Filter | None, timeout: float | None
 
 __all__ = [
     "BUILTIN_METHODS", "BroadcastDiscovery", "Discovered", "DiscoveryError", "DiscoveryMethod",
-    "FlatfileDiscovery", "InventoryDiscovery", "McDiscovery", "NodesDiscovery", "discover",
+    "FlatfileDiscovery", "InventoryDiscovery", "McDiscovery", "NodesDiscovery", "StdinDiscovery",
+    "discover",
     "read_nodes",
 ]
