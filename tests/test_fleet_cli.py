@@ -43,6 +43,19 @@ def mco(fleet, *args, timeout=60, config=True):
     return proc.returncode, proc.stdout, proc.stderr
 
 
+@pytest.mark.parametrize("command", [["ping"], ["plugin", "doc", "rpcutil"],
+                                     ["rpc", "rpcutil", "ping"], ["facts", "role"]])
+def test_config_may_come_before_the_command(fleet, command):
+    config = str(fleet.client_config)
+    code, out, err = mco(fleet, "-c", config, *command, "--dt", "1", config=False) \
+        if command[0] != "plugin" else mco(fleet, "-c", config, *command, config=False)
+    assert code == 0, out + err
+    # and after it wins over before it
+    code, out, err = mco(fleet, "-c", "/nonexistent/client.yaml", *command, "-c", config,
+                         config=False)
+    assert code == 0, out + err
+
+
 def test_ping_lists_every_node_with_its_time(fleet):
     code, out, _ = mco(fleet, "ping")
     assert code == 0

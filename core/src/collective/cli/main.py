@@ -84,7 +84,10 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mco")
-def cli() -> None:
+@click.option("-c", "--config", "config_path", default=None, metavar="FILE",
+              help="Client config file, for whichever command follows (as MCollective, -c "
+                   "may come before the command or after it; after it wins)")
+def cli(config_path: str | None) -> None:
     """collective: orchestrate your fleet in parallel, MCollective style.
 
     \b
@@ -93,6 +96,10 @@ def cli() -> None:
     mco rpc rpcutil get_fact fact=role -I n1  call any agent action
     mco inventory NODE                        all about one node
     """
+    if config_path:
+        # every client command reads its -c from COLLECTIVE_CONFIG when not given
+        # after it, so this reaches them all, plugin commands too
+        os.environ["COLLECTIVE_CONFIG"] = os.path.abspath(config_path)
 
 
 @click.command("help")
