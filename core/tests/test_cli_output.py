@@ -71,6 +71,13 @@ def test_finished_line_and_no_response_block():
     assert no_response_text(result) == "\nNo response from:\n\n    b\n"
 
 
+def test_unexpected_responders_are_listed_where_the_client_counted_them():
+    result = Result(replies=[reply("a"), reply("z")],
+                    stats=CallStats(expected=["a", "b"], responded=["a", "z"], unexpected=["z"]))
+    assert no_response_text(result) == ("\nNo response from:\n\n    b\n"
+                                        "\nUnexpected response from:\n\n    z\n")
+
+
 def test_summary_skips_null_values():
     replies = [reply("a", value="amd64"), reply("b", value=None), reply("c", value=None)]
     text = aggregate_text("summary", ["value"], replies, OUTPUTS)

@@ -80,10 +80,16 @@ def finished_line(result: Result, elapsed_s: float) -> str:
 
 
 def no_response_text(result: Result) -> str:
+    """MCollective's closing lists: ``No response from:`` (expected, silent) and
+    ``Unexpected response from:`` (answered, though not among the expected nodes)."""
+    text = ""
     missing = result.stats.no_response
-    if not missing:
-        return ""
-    return "\nNo response from:\n\n" + "".join(f"    {node}\n" for node in missing)
+    if missing:
+        text += "\nNo response from:\n\n" + "".join(f"    {node}\n" for node in missing)
+    unexpected = sorted(set(result.stats.unexpected))
+    if unexpected:
+        text += "\nUnexpected response from:\n\n" + "".join(f"    {node}\n" for node in unexpected)
+    return text
 
 
 def stats_block(result: Result, caption: str = "rpc stats") -> str:
