@@ -66,6 +66,14 @@ def test_ping_lists_every_node_with_its_time(fleet):
     assert "3 replies max:" in out
 
 
+def test_ping_graph_draws_the_reply_times(fleet):
+    code, out, err = mco(fleet, "ping", "--graph")
+    assert code == 0, err
+    graph = out.rstrip("\n").splitlines()[-1]
+    assert graph and set(graph) <= set("▁▂▃▄▅▆▇"), out
+    assert out.splitlines()[-3].startswith("3 replies max:")
+
+
 def test_ping_with_identities_ends_as_soon_as_they_answer(fleet):
     started = time.monotonic()
     code, out, _ = mco(fleet, "ping", "-I", "node-001", "-I", "node-003", "--dt", "10")

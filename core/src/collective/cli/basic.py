@@ -13,14 +13,34 @@ import click
 from .discovery_opts import discovery_options
 from .options import common_options, fail, filter_options, guarded, make_client
 
+#: The bars of ``mco ping --graph``, lowest first (MCollective's).
+SPARK_TICKS = "▁▂▃▄▅▆▇"
+
+
+def spark(times: list[float], bucket_ms: float = 10.0) -> str:
+    """A sparkline of how many replies took how long, one bar per ``bucket_ms`` from the
+    fastest reply to the slowest (``mco ping --graph``)."""
+    if not times:
+        return ""
+    low = int(min(times) // bucket_ms)
+    counts = [0] * (int(max(times) // bucket_ms) - low + 1)
+    for value in times:
+        counts[int(value // bucket_ms) - low] += 1
+    top = max(counts)
+    return "".join(SPARK_TICKS[0] if not n else
+                   SPARK_TICKS[min(len(SPARK_TICKS) - 1, (n * len(SPARK_TICKS) - 1) // top)]
+                   for n in counts)
+
 
 @click.command()
 @filter_options
 @common_options
+@click.option("-g", "--graph", is_flag=True,
+              help="Show the distribution of reply times as a sparkline (10 ms a bar)")
 @guarded("ping")
 def ping(config_path: str | None, flt: Any,
          collective: str | None, discovery_timeout: float | None, timeout: float | None,
-         as_json: bool, verbose: bool, no_progress: bool) -> None:
+         as_json: bool, verbose: bool, no_progress: bool, graph: bool) -> None:
     """Ping the nodes that match the filter and print each one's round trip.
 
     Ends when the discovery timeout passes, or as soon as every node named
@@ -42,6 +62,8 @@ def ping(config_path: str | None, flt: Any,
         if times:
             click.echo(f"{len(times)} replies max: {max(times):.2f} min: {min(times):.2f} "
                        f"avg: {sum(times) / len(times):.2f}")
+            if graph:
+                click.echo(f"\n{spark(times)}")
         else:
             click.echo("No responses received")
         missing = result.stats.no_response
