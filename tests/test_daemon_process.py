@@ -238,8 +238,16 @@ def test_subcollectives(tmp_path, collective_broker):
                 assert client.discover(timeout=1.0) == expected
                 result = client.rpc("rpcutil", "collective_info", nodes=expected)
                 assert [r.sender for r in result.ok] == expected
-        with pytest.raises(ClientError, match="not one of"):
-            Client(cfg, collective="de")
+        # -T reaches a collective the nodes are in, even one the client config lacks
+        only_main = client_config(tmp_path, collective_broker.port, collectives=["mcollective"])
+        with Client(only_main, collective="uk") as client:
+            assert client.discover(timeout=1.0) == ["uk1"]
+            assert [r.sender for r in client.rpc("rpcutil", "collective_info",
+                                                 nodes=["uk1"]).ok] == ["uk1"]
+        with Client(only_main, collective="de") as client:  # nobody there
+            assert client.discover(timeout=0.5) == []
+        with pytest.raises(ClientError, match="not a valid collective name"):
+            Client(cfg, collective="../x")
     finally:
         uk.stop()
         us.stop()

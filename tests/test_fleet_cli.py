@@ -193,6 +193,35 @@ def test_inventory(fleet):
     assert "role::db" in out
 
 
+def test_inventory_lists_collectives_and_draws_their_graph(fleet, tmp_path):
+    code, out, err = mco(fleet, "inventory", "--list-collectives", "--dt", "1")
+    assert code == 0, err
+    rows = [line.split() for line in out.splitlines()]
+    assert ["Collective", "Nodes"] in rows and ["mcollective", "3"] in rows
+    assert ["Total", "nodes:", "3"] in rows
+    dot = tmp_path / "collectives.dot"
+    code, out, err = mco(fleet, "inventory", "--collective-graph", str(dot), "--dt", "1")
+    assert code == 0, err
+    assert dot.read_text().splitlines() == ["graph {", *(f'   "mcollective" -- "node-00{i}";'
+                                                        for i in (1, 2, 3)), "}"]
+
+
+def test_inventory_script_reports_every_matching_node(fleet, tmp_path):
+    script = tmp_path / "report.py"
+    script.write_text('inventory(format="%s:\\t%s\\t%d agents",\n'
+                      '          fields=lambda node: [node.identity, node.facts["role"],'
+                      ' len(node.agents)])\n')
+    code, out, err = mco(fleet, "inventory", "--script", str(script), "-F", "role=/^(db|web)$/",
+                         "--dt", "1")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert [line.split("\t")[:2] for line in lines] == [["node-001:", "web"], ["node-002:", "db"]]
+    assert all(line.endswith(" agents") for line in lines)
+    script.write_text("print('no report here')\n")
+    code, _, err = mco(fleet, "inventory", "--script", str(script))
+    assert code == 1 and "no inventory(format=..., fields=...) report" in err
+
+
 def test_facts_report(fleet):
     code, out, _ = mco(fleet, "facts", "role", "--dt", "1")
     assert code == 0

@@ -6,6 +6,7 @@ import json
 import sys
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import click
@@ -116,13 +117,38 @@ def _facts_lines(facts: dict[str, Any], prefix: str = "") -> list[str]:
 
 
 @click.command()
-@click.argument("node")
+@click.argument("node", required=False)
+@filter_options
 @common_options
-@click.option("-T", "--target", "collective", default=None, help="Target this collective")
+@click.option("--list-collectives", "--lc", "list_collectives", is_flag=True,
+              help="List the collectives and how many nodes are in each")
+@click.option("--collective-graph", "--cg", "collective_graph", default=None, metavar="FILE",
+              help="Write a DOT graph of the collectives and their nodes to FILE")
+@click.option("--script", "script", default=None, metavar="FILE",
+              help="Run the report script FILE over every matching node's inventory")
 @guarded("inventory")
-def inventory(node: str, config_path: str | None, collective: str | None, timeout: float | None,
-              as_json: bool, verbose: bool, no_progress: bool) -> None:
-    """Show NODE's agents, facts, classes, collectives and daemon statistics."""
+def inventory(node: str | None, config_path: str | None, flt: Any, collective: str | None,
+              discovery_timeout: float | None, timeout: float | None, as_json: bool,
+              verbose: bool, no_progress: bool, list_collectives: bool,
+              collective_graph: str | None, script: str | None) -> None:
+    """Show NODE's agents, facts, classes, collectives and daemon statistics.
+
+    \b
+    mco inventory NODE
+    mco inventory --list-collectives
+    mco inventory --collective-graph collectives.dot
+    mco inventory --script report.py -F role=web
+    """
+    if list_collectives or collective_graph:
+        _collectives_report(config_path, flt, collective, discovery_timeout, timeout,
+                            list_collectives, collective_graph, as_json)
+        return
+    if script:
+        _script_report(script, config_path, flt, collective, discovery_timeout, timeout)
+        return
+    if node is None:
+        raise click.UsageError("give a NODE (or --list-collectives, --collective-graph FILE, "
+                               "--script FILE)")
     with make_client(config_path, collective) as client:
         inv = client.rpc("rpcutil", "inventory", nodes=[node], timeout=timeout)
         stats = client.rpc("rpcutil", "daemon_stats", nodes=[node], timeout=timeout)
@@ -159,6 +185,87 @@ def inventory(node: str, config_path: str | None, collective: str | None, timeou
     out += ["", "   Configuration Management Classes:"] + _columns(data.get("classes") or [])
     out += ["", "   Facts:"] + _facts_lines(data.get("facts") or {})
     click.echo("\n".join(out))
+
+
+def _collectives_report(config_path: str | None, flt: Any, collective: str | None,
+                        discovery_timeout: float | None, timeout: float | None,
+                        listing: bool, graph: str | None, as_json: bool) -> None:
+    """``--list-collectives`` and ``--collective-graph FILE``, from every matching node's
+    ``rpcutil collective_info`` (MCollective's inventory application)."""
+    with make_client(config_path, collective) as client:
+        result = client.rpc("rpcutil", "collective_info", filter=flt, timeout=timeout,
+                            discovery_timeout=discovery_timeout)
+    members: dict[str, list[str]] = {}
+    for reply in result.ok:
+        for name in reply.data.get("collectives") or []:
+            members.setdefault(str(name), []).append(reply.sender)
+    if graph:
+        lines = ["graph {"]
+        for name in sorted(members):
+            lines += [f'   "{name}" -- "{node}";' for node in sorted(members[name])]
+        Path(graph).write_text("\n".join([*lines, "}"]) + "\n")
+        click.echo(f"Retrieved {len(result.ok)} nodes' collectives; wrote the graph to {graph}")
+    if listing:
+        if as_json:
+            click.echo(json.dumps({k: sorted(v) for k, v in members.items()}, indent=2,
+                                  sort_keys=True))
+        else:
+            width = max([len("Collective"), *map(len, members)]) + 4
+            out = [f"   {'Collective':<{width}}Nodes", f"   {'==========':<{width}}=====",
+                   *(f"   {name:<{width}}{len(members[name])}" for name in sorted(members)),
+                   "", f"   {'Total nodes:':<{width}}{len(result.ok)}"]
+            click.echo("\n".join(out))
+    sys.exit(0 if result.ok else 1)
+
+
+class ReportScript:
+    """What a ``--script`` file sees: ``inventory(format=..., fields=...)`` registers the
+    report (MCollective's ``inventory do format ...; fields { ... } end``): ``format`` is
+    a ``%`` format and ``fields(node)`` returns the values for one node, which has
+    ``identity``, ``facts``, ``classes``, ``agents`` and ``collectives``."""
+
+    def __init__(self) -> None:
+        self.reports: list[tuple[str, Any]] = []
+
+    def inventory(self, format: str, fields: Any) -> None:
+        if not isinstance(format, str) or not callable(fields):
+            raise ValueError("inventory(format=STRING, fields=FUNCTION) is the report's form")
+        self.reports.append((format, fields))
+
+
+def _script_report(path: str, config_path: str | None, flt: Any, collective: str | None,
+                   discovery_timeout: float | None, timeout: float | None) -> None:
+    """``--script FILE``: run the admin's own report over every matching node's
+    inventory. The script is Python the admin wrote and runs on their own machine, as
+    MCollective's report scripts were Ruby; nothing from the nodes is executed."""
+    from types import SimpleNamespace
+
+    try:
+        code = compile(Path(path).read_text(), path, "exec")
+    except (OSError, SyntaxError) as exc:
+        raise click.ClickException(f"cannot load the report script {path}: {exc}") from None
+    script = ReportScript()
+    try:
+        exec(code, {"inventory": script.inventory, "__name__": "collective_report"})
+    except Exception as exc:
+        raise click.ClickException(f"{path}: {type(exc).__name__}: {exc}") from None
+    if not script.reports:
+        raise click.ClickException(f"{path}: no inventory(format=..., fields=...) report in it")
+    with make_client(config_path, collective) as client:
+        result = client.rpc("rpcutil", "inventory", filter=flt, timeout=timeout,
+                            discovery_timeout=discovery_timeout)
+    for reply in sorted(result.ok, key=lambda r: r.sender):
+        data = reply.data
+        node = SimpleNamespace(identity=reply.sender, facts=data.get("facts") or {},
+                               classes=data.get("classes") or [], agents=data.get("agents") or [],
+                               collectives=data.get("collectives") or [])
+        for fmt, fields in script.reports:
+            try:
+                click.echo(fmt % tuple(fields(node)))
+            except Exception as exc:
+                raise click.ClickException(f"{path}: the report failed for {reply.sender}: "
+                                           f"{type(exc).__name__}: {exc}") from None
+    sys.exit(0 if result.ok else 1)
 
 
 def _columns(items: list[str], per_line: int = 3) -> list[str]:

@@ -55,7 +55,15 @@ class Client:
         self.pm = pm or get_plugin_manager()
         self.collective = collective or config.main_collective
         if self.collective not in config.collectives:
-            raise ClientError(f"collective {self.collective!r} is not one of {config.collectives}")
+            # -T COLLECTIVE reaches any collective the nodes are in (MCollective users
+            # expect that), configured here or not; the name must still be a name
+            from ..names import COLLECTIVE_RE
+
+            if not isinstance(self.collective, str) or not COLLECTIVE_RE.fullmatch(self.collective):
+                raise ClientError(f"collective {self.collective!r} is not a valid collective "
+                                  f"name (configured: {', '.join(config.collectives)})")
+            log.info("collective %s is not in this client's config (%s); targeting it anyway",
+                     self.collective, ", ".join(config.collectives))
         self.ttl = int(config["security"]["ttl"])
         self._security: Any = None
         self.sender = config.identity
