@@ -194,32 +194,13 @@ def add_broker_login(fleet: Fleet, login: str, role: str = "node",
     section = _broker_section(fleet, login)
     os.kill(pid, signal.SIGHUP)
     deadline = time.monotonic() + timeout
-    while not _broker_accepts(fleet.broker.host, fleet.broker.port, login, password):
+    from .connectors.probe import stomp_login
+
+    while stomp_login(fleet.broker.port, login, password, host=fleet.broker.host) is not None:
         if time.monotonic() > deadline:
             raise FleetError(f"the broker did not take user {login!r} within {timeout:g}s")
         time.sleep(0.1)
     return section
-
-
-def _broker_accepts(host: str, port: int, login: str, password: str) -> bool:
-    """Whether a STOMP CONNECT as ``login`` gets CONNECTED (not ERROR)."""
-    frame = (f"CONNECT\naccept-version:1.2\nhost:/\nlogin:{login}\npasscode:{password}"
-             "\n\n\0").encode()
-    try:
-        with socket.create_connection((host, port), timeout=5) as sock:
-            sock.sendall(frame)
-            answer = b""
-            while b"\0" not in answer:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                answer += chunk
-            if answer.startswith(b"CONNECTED"):
-                sock.sendall(b"DISCONNECT\n\n\0")
-                return True
-    except OSError:
-        pass
-    return False
 
 
 def _broker_section(fleet: Fleet, login: str | None = None) -> dict[str, Any]:

@@ -7,7 +7,8 @@
 - :func:`has_children`: whether a process has live children, cheaply
   (``/proc/PID/task/*/children``);
 - :func:`kill_tree`: SIGTERM, a grace period, then SIGKILL to a process, its process
-  group and every descendant.
+  group and every descendant (also for agents whose commands start sessions of their
+  own, such as the puppet agent's runs).
 
 Orphans are *not* adopted (no ``PR_SET_CHILD_SUBREAPER``): a daemon an action starts
 the classic way (fork, setsid, fork: a sysvinit ``service foo start``) must survive the
@@ -123,7 +124,9 @@ def alive(pid: int) -> bool:
         return True
 
 
-def _signal_all(pids: Iterable[int], pgid: int | None, sig: int) -> None:
+def signal_all(pids: Iterable[int], pgid: int | None, sig: int) -> None:
+    """Send ``sig`` to the process group ``pgid`` (when given) and to each of ``pids``;
+    processes already gone are skipped."""
     if pgid is not None:
         try:
             os.killpg(pgid, sig)
@@ -150,7 +153,7 @@ def kill_tree(pid: int, grace: float = 2.0, pgid: int | None = None,
         # been reparented and is no descendant any more
         pids = descendants(pid) + ([pid] if include_root else [])
         signalled.extend(p for p in pids if p not in signalled)
-        _signal_all(signalled, pgid, sig)
+        signal_all(signalled, pgid, sig)
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:
             if not any(alive(p) for p in signalled) and not descendants(pid):

@@ -279,7 +279,7 @@ class _Zygote:
                 # a worker leads its process group; descendants that left it are signalled
                 # one by one (looked up again, for children forked meanwhile)
                 trees[pid] = sorted(set(trees[pid]) | set(procs.descendants(pid)))
-                procs._signal_all([*trees[pid], pid], pid, sig)
+                procs.signal_all([*trees[pid], pid], pid, sig)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline:
                 self.reap()

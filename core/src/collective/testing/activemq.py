@@ -26,7 +26,6 @@ import logging
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from xml.sax.saxutils import quoteattr
 
+from ..connectors.probe import stomp_login
 from .processes import free_port, kill_group, port_open
 
 log = logging.getLogger(__name__)
@@ -133,32 +133,6 @@ def collective_authorization(nodes: list[str], clients: list[str],
 
 class ActiveMQError(RuntimeError):
     """The private broker could not be started."""
-
-
-def _stomp_login(port: int, user: str, password: str, timeout: float = 2.0) -> str | None:
-    """Send a STOMP CONNECT to 127.0.0.1:``port``; ``None`` on CONNECTED, else why not."""
-    frame = (f"CONNECT\naccept-version:1.2\nhost:127.0.0.1\nlogin:{user}\npasscode:{password}\n"
-             "heart-beat:0,0\n\n\x00").encode()
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
-            sock.sendall(frame)
-            data = b""
-            deadline = time.monotonic() + timeout
-            while b"\x00" not in data and time.monotonic() < deadline:
-                chunk = sock.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            if data.lstrip(b"\r\n").startswith(b"CONNECTED"):
-                try:
-                    sock.sendall(b"DISCONNECT\n\n\x00")
-                except OSError:
-                    pass
-                return None
-            first = data.lstrip(b"\r\n").split(b"\x00", 1)[0].decode("utf-8", "replace")
-            return " ".join(first.split())[:300] or "connection closed without an answer"
-    except OSError as exc:
-        return str(exc)
 
 
 class ActiveMQServer:
@@ -348,7 +322,7 @@ class ActiveMQServer:
                     f"ActiveMQ exited with {self._proc.returncode} during start-up; "
                     f"last output:\n{self.log_tail()}")
             if port_open(self.stomp_port):
-                why = _stomp_login(self.stomp_port, self.user, self.password)
+                why = stomp_login(self.stomp_port, self.user, self.password)
                 if why is None:
                     return
                 last = why

@@ -22,7 +22,6 @@ import json
 import logging
 import os
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -202,59 +201,13 @@ def run_command(argv: Sequence[str], timeout: float) -> tuple[int, str, str]:
                 err.read(1 << 20).decode("utf-8", "replace"))
 
 
-def descendants(pid: int) -> list[int]:
-    """Pids of the live descendants of ``pid`` (from /proc; empty without it)."""
-    children: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return []
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as handle:
-                fields = handle.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        children.setdefault(int(fields[1]), []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.append(child)
-                todo.append(child)
-    return found
-
-
 def kill_tree(proc: subprocess.Popen[Any], grace: float = 10.0) -> None:
     """Stop a hung run: SIGTERM, then SIGKILL, its process group and every descendant
     (puppet starts ``exec`` commands in sessions of their own, out of its group)."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        pids = descendants(proc.pid)
-        for pid in pids:
-            try:
-                os.kill(pid, sig)
-            except OSError:
-                pass
-        try:
-            os.killpg(proc.pid, sig)
-        except OSError:
-            pass
-        deadline = time.monotonic() + grace
-        while time.monotonic() < deadline:
-            if proc.poll() is not None and not any(_running(pid) for pid in pids):
-                return
-            time.sleep(0.1)
+    from collective.server.procs import kill_tree as kill_process_tree
 
-
-def _running(pid: int) -> bool:
-    """Alive and not a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            return handle.read().rsplit(b")", 1)[1].split()[0] != b"Z"
-    except (OSError, IndexError):
-        return False
+    kill_process_tree(proc.pid, grace=grace, pgid=proc.pid)
+    proc.poll()  # reap it
 
 
 # -- where the files are ------------------------------------------------------------------
