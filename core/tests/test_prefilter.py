@@ -9,7 +9,7 @@ import uuid
 from collections import Counter
 from types import MappingProxyType
 
-from collective.data import BUILTIN_DATA_PLUGINS, DataPlugin
+from collective.data import BUILTIN_DATA_PLUGINS, DataPlugin, instantiate
 from collective.server.prefilter import DEFER, MATCH, NO_MATCH, CallerShares, Prefilter
 
 FACTS = {"role": "web", "packages": [f"package-{n}" for n in range(20_000)]}
@@ -49,9 +49,9 @@ class Node:
 
     def __init__(self) -> None:
         self.counters: Counter[str] = Counter()
-        self.host = types.SimpleNamespace(agents={"rpcutil": object()})
-        plugins = {p.name: p for p in (*BUILTIN_DATA_PLUGINS, Slow, Busy)}
-        self.pm = types.SimpleNamespace(data_plugins=lambda: plugins)
+        plugins = instantiate({p.name: p for p in (*BUILTIN_DATA_PLUGINS, Slow, Busy)})
+        self.host = types.SimpleNamespace(agents={"rpcutil": object()},
+                                          data_plugin_instances=lambda: plugins)
         self.facts_store = types.SimpleNamespace(view=lambda: MappingProxyType(FACTS))
 
     def facts(self):

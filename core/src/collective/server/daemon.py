@@ -15,6 +15,7 @@ re-executes the daemon (:mod:`collective.server.reload`) can :meth:`Daemon.pause
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import sys
@@ -22,7 +23,6 @@ import threading
 import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
-from types import MappingProxyType
 from typing import Any
 
 from .. import __version__
@@ -63,7 +63,6 @@ COUNTERS = (
 )
 
 
-# -- reply_to binding -------------------------------------
 def reply_to_refusal(request: RequestMessage) -> str | None:
     """Why the signed ``reply_to`` of ``request`` is not one its caller may use, or None.
 
@@ -90,7 +89,15 @@ def reply_to_refusal(request: RequestMessage) -> str | None:
         return (f"reply_to {request.reply_to!r} is not a reply destination of {request.caller} "
                 f"(expected {request.collective}.reply.{name}.TAG)")
     return None
-# -- end reply_to binding ------------------------------------------------------------------
+
+
+def _takes(method: Any, parameter: str) -> bool:
+    """Whether a connector's ``method`` accepts ``parameter`` (connector plugins may have
+    only the interface of docs/contracts.md)."""
+    try:
+        return parameter in inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
 
 
 class Daemon:
@@ -143,6 +150,7 @@ class Daemon:
         self._unverified_rate = RateLimit(float(config["audit"].get("unverified_rate", 5.0)))
         connector_cls = resolve(config["broker"]["connector"], self.pm.connectors(), "connector")
         self.connector = connector_cls(config, client_id=f"node-{self.identity}")
+        self._publish_confirms = _takes(self.connector.publish, "confirm")
 
     # -- construction ----------------------------------------------------------
     def _make_audit(self) -> AuditLog:
@@ -261,7 +269,7 @@ class Daemon:
         log.info("collectived %s started as %s in %s with agents %s", self.version,
                  self.identity, ",".join(self.collectives), ",".join(sorted(self.host.agents)))
 
-    # -- worker processes and subscriptions ------------------
+    # -- worker processes and subscriptions ----------------------------------------
     def start_workers(self) -> None:
         """Start the zygote and the first worker (``server.workers: processes``); done by
         :meth:`start` unless called before (``collectived`` does, on its main thread)."""
@@ -321,14 +329,11 @@ class Daemon:
                 return False  # unacknowledged: the broker gives it to the next subscriber
             return self.on_message(wire)
 
-        try:
-            if prefetch > 0:
-                self.connector.subscribe(dest, deliver, prefetch=prefetch,
-                                         lane=RESERVED_LANE if reserved else WORK_LANE)
-                return
-        except TypeError:  # a connector plugin without prefetch
-            pass
-        self.connector.subscribe(dest, deliver)
+        if prefetch > 0 and _takes(self.connector.subscribe, "prefetch"):
+            self.connector.subscribe(dest, deliver, prefetch=prefetch,
+                                     lane=RESERVED_LANE if reserved else WORK_LANE)
+        else:  # a connector plugin without prefetch: what it has
+            self.connector.subscribe(dest, deliver)
 
     @property
     def in_flight(self) -> int:
@@ -344,8 +349,6 @@ class Daemon:
                 and self.workers is None and not self._stopping.is_set():
             health.update(ok=False, state=f"{health.get('state')}; no worker processes")
         return health
-
-    # -- end of worker processes and subscriptions -------------------------------------------
 
     def reload(self) -> None:
         """SIGHUP with unchanged code: re-read facts, policies and the trust store,
@@ -573,7 +576,6 @@ class Daemon:
             if exc.reason != "replayed":  # tell the client: clock skew (R8), or resend
                 self._reply(verified.body, request, 1, str(exc), {})
             return
-        # -- the filter stage --------------------------
         # Cheap and bounded on this thread; a filter that only data plugins can decide
         # waits for authorization and runs elsewhere (server/prefilter.py).
         screen = self.prefilter.screen(request)
@@ -641,20 +643,16 @@ class Daemon:
         host = self.host
         if request.agent == "discovery":
             call = self._call_info(request, "discovery", "ping", {})
-            decision = (host._authorize(call, MappingProxyType({}))
-                        if host.authorizer is not None else None)
-            refusal = None if decision is None or decision.allowed else (
-                "deny", decision.reason + (f" (rule: {decision.rule})" if decision.rule else ""))
+            outcome = host.authorize_only(call)
         else:
             call = self._call_info(request)
             outcome = host.prepare(call)
-            refusal = None if outcome is None else (
-                "deny" if outcome.decision == "deny" else "refused", outcome.reason)
-        if refusal is not None:
-            decision_word, reason = refusal
-            self.count("denied" if decision_word == "deny" else "invalid")
-            self._audit(request, decision_word, f"{reason}; no reply: the filter needs data "
-                        "plugins, which run only for authorized callers", None)
+        if outcome is not None:
+            denied = outcome.decision == "deny"
+            self.count("denied" if denied else "invalid")
+            self._audit(request, "deny" if denied else "refused",
+                        f"{outcome.reason}; no reply: the filter needs data plugins, which run "
+                        "only for authorized callers", None)
             return
         self._begin()
 
@@ -671,7 +669,6 @@ class Daemon:
 
         if not self.prefilter.submit(request, flt, finished):
             self._end()
-        # -- end of the filter stage ------------------------------------------------
 
     def _audit_discovery(self, request: RequestMessage) -> None:
         """Audit a discovery ping this node answers, at most ``audit.discovery_rate``
@@ -792,9 +789,9 @@ class Daemon:
 
         ttl = max(1.0, deadline - time.time())
         try:
-            try:
+            if self._publish_confirms:
                 self.connector.publish(dest, wire, ttl=ttl, confirm=confirm)
-            except TypeError:  # a connector plugin without confirm=
+            else:  # a connector plugin without confirm=
                 self.connector.publish(dest, wire, ttl=ttl)
             self.count("replies")
         except ConnectorError as exc:

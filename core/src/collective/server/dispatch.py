@@ -282,6 +282,17 @@ class AgentHost:
         object.__setattr__(call, "_prepared", (self, frozen))
         return None
 
+    def authorize_only(self, call: CallInfo) -> Outcome | None:
+        """Just the authorizer, for a call that has no DDL to validate against (a
+        discovery ping whose filter needs data plugins): the refusal, or None."""
+        if self.authorizer is None:
+            return None
+        decision = self._authorize(call, MappingProxyType({}))
+        if decision.allowed:
+            return None
+        reason = decision.reason + (f" (rule: {decision.rule})" if decision.rule else "")
+        return Outcome(1, NOT_AUTHORIZED, {}, "deny", reason)
+
     def _authorize(self, call: CallInfo, data: Mapping[str, Any]) -> Decision:
         try:
             ctx = AuthzContext(caller=call.caller, agent=call.agent, action=call.action, data=data,

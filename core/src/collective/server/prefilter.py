@@ -148,7 +148,7 @@ class Prefilter:
     """The filter stage of one node.
 
     :param node: the daemon: ``identity``, ``facts()``, ``classes()``, ``host.agents``,
-        ``pm.data_plugins()`` and ``count(name)``
+        ``host.data_plugin_instances()`` and ``count(name)``
     """
 
     def __init__(self, node: Any, cpu_budget: float = DEFAULT_CPU_BUDGET,
@@ -160,25 +160,13 @@ class Prefilter:
         self.data_seconds = data_seconds
         self._slots = threading.BoundedSemaphore(data_workers + data_queue)
         self._pool = ThreadPoolExecutor(max_workers=data_workers, thread_name_prefix="filter-data")
-        self._plugins: Mapping[str, Any] | None = None
-        self._plugins_lock = threading.Lock()
         self._quiet = _Quiet()
 
     # -- helpers ---------------------------------------------------------------------
     def plugins(self) -> Mapping[str, Any]:
-        """The node's data plugin instances, built on first use and kept."""
-        if self._plugins is None:
-            with self._plugins_lock:
-                if self._plugins is None:
-                    from ..data import instantiate
-
-                    try:
-                        self._plugins = instantiate(self.node.pm.data_plugins())
-                    except Exception:
-                        log.exception("data plugins could not be loaded; compound filters "
-                                      "calling functions will not match")
-                        self._plugins = {}
-        return self._plugins
+        """The node's data plugin instances: the same ones its policies use, built once
+        per :class:`~collective.server.dispatch.AgentHost` (so a SIGHUP refreshes them)."""
+        return self.node.host.data_plugin_instances()
 
     def _node_info(self, resolver: Any) -> NodeInfo:
         node = self.node
