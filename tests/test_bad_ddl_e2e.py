@@ -8,15 +8,15 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
-from collective.client import Client, ClientError
+from collective.client import Client
 from collective.config import Config
 from collective.security.keys import generate_keypair
+from collective.testing import wait_for_ping
 
 #: agent -> (how its DDL is wrong, the key the log line must name)
 BROKEN = {
@@ -51,16 +51,6 @@ def node_setup(tmp: Path, port: int) -> tuple[Path, Config]:
     return server, client
 
 
-def wait_ping(config: Config, node: str, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with Client(config) as client:
-                if client.ping(expected=[node], timeout=1.0).replies:
-                    return True
-        except ClientError:
-            time.sleep(0.2)
-    return False
 
 
 @pytest.fixture
@@ -130,7 +120,7 @@ def test_bad_plugin_ddls_disable_their_agents_and_the_daemon_serves(tmp_path, co
     broken_plugin(site)
     server, cfg = node_setup(tmp_path, collective_broker.port)
     proc = daemon(server, site)
-    assert wait_ping(cfg, "n1"), proc.stderr.read() if proc.poll() is not None else "no answer"
+    assert wait_for_ping(cfg, "n1", timeout=30), proc.stderr.read() if proc.poll() is not None else "no answer"
     with Client(cfg) as client:
         replies = client.request("rpcutil", "agent_inventory", {}, targets=["n1"], timeout=10).replies
         assert replies and replies[0].ok

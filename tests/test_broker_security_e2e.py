@@ -14,7 +14,6 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -61,12 +60,13 @@ def password(fleet, login: str) -> str:
 class Probe(stomp.ConnectionListener):
     """A local process speaking STOMP to the fleet's broker with stomp.py."""
 
-    def __init__(self, port: int, login: str | None = None, passcode: str | None = None) -> None:
+    def __init__(self, port: int, login: str | None = None, passcode: str | None = None,
+                 vhost: str | None = None) -> None:
         self.messages: list[Any] = []
         self.errors: list[Any] = []
         self.receipts: list[str] = []
         self.conn = stomp.Connection12([("127.0.0.1", port)], auto_decode=False,
-                                       reconnect_attempts_max=1)
+                                       reconnect_attempts_max=1, vhost=vhost)
         self.conn.set_listener("probe", self)
         self.conn.connect(login, passcode, wait=True)
 
@@ -313,14 +313,12 @@ def rabbit(request):
     return request.getfixturevalue("collective_rabbitmq")
 
 
-class RmqProbe(Probe):
+class BrokerProbe(Probe):
+    """A :class:`Probe` on RabbitMQ or ActiveMQ, logged in with a broker ``section``."""
+
     def __init__(self, section: dict) -> None:
-        self.messages, self.errors, self.receipts = [], [], []
-        self.disconnected = threading.Event()
-        self.conn = stomp.Connection12([("127.0.0.1", section["port"])], auto_decode=False,
-                                       reconnect_attempts_max=1, vhost=section["vhost"])
-        self.conn.set_listener("probe", self)
-        self.conn.connect(section["user"], section["password"], wait=True)
+        super().__init__(section["port"], section["user"], section["password"],
+                         vhost=section.get("vhost"))
 
     def answer(self, rid: str, timeout: float = 5.0) -> str:
         # RabbitMQ answers a refusal with an ERROR without receipt-id, *then* the RECEIPT,
@@ -348,38 +346,46 @@ def _keys(tmp: Path, nodes: list[str], clients: list[str]) -> None:
         shutil.copy(tmp / "keys" / f"{name}.pub", tmp / "trust" / kind / f"{name}.pub")
 
 
-@pytest.mark.rabbitmq
-def test_rabbitmq_fleet_works_with_per_user_permissions(rabbit, tmp_path):
+def ping_two_nodes(tmp: Path, nodes: list[str], client: str, section_for: Any) -> None:
+    """Two in-process daemons and a client, each logged in as itself
+    (``section_for(login, role)`` gives its broker section): broadcast and directed pings
+    reach them, so the permission set lets a fleet work."""
     from collective.plugins import get_plugin_manager
     from collective.server.daemon import Daemon
 
-    _keys(tmp_path, ["rnode-1", "rnode-2"], ["radmin"])
+    _keys(tmp, nodes, [client])
     daemons = []
     try:
-        for name in ("rnode-1", "rnode-2"):
-            section = rabbit.add_collective_user(name, "node")
-            config = Config({"identity": name, "broker": {**section, "heartbeat_ms": 2000},
-                             "security": {"private_key": str(tmp_path / "keys" / f"{name}.key"),
-                                          "trust_dir": str(tmp_path / "trust")},
-                             "audit": {"file": str(tmp_path / f"{name}.audit")}},
+        for name in nodes:
+            config = Config({"identity": name,
+                             "broker": {**section_for(name, "node"), "heartbeat_ms": 2000},
+                             "security": {"private_key": str(tmp / "keys" / f"{name}.key"),
+                                          "trust_dir": str(tmp / "trust")},
+                             "audit": {"file": str(tmp / f"{name}.audit")}},
                             kind="server", env={})
             daemon = Daemon(config, pm=get_plugin_manager(load_entrypoints=False))
             daemon.start(connect_timeout=20)
             daemons.append(daemon)
-        section = rabbit.add_collective_user("radmin", "client")
-        client_config = Config({"identity": "radmin-client", "broker": section,
-                                "security": {"identity": "radmin",
-                                             "private_key": str(tmp_path / "keys" / "radmin.key"),
-                                             "trust_dir": str(tmp_path / "trust")}},
+        client_config = Config({"identity": f"{client}-client",
+                                "broker": section_for(client, "client"),
+                                "security": {"identity": client,
+                                             "private_key": str(tmp / "keys" / f"{client}.key"),
+                                             "trust_dir": str(tmp / "trust")}},
                                kind="client", env={})
-        with Client(client_config, pm=get_plugin_manager(load_entrypoints=False)) as client:
-            result = client.ping(expected=["rnode-1", "rnode-2"], timeout=10)  # broadcast
-            assert sorted(r.sender for r in result.replies) == ["rnode-1", "rnode-2"]
-            result = client.ping(filter=Filter(identity=["rnode-2"]), timeout=10)  # directed
-            assert [r.sender for r in result.replies] == ["rnode-2"]
+        with Client(client_config, pm=get_plugin_manager(load_entrypoints=False)) as c:
+            result = c.ping(expected=nodes, timeout=10)  # broadcast
+            assert sorted(r.sender for r in result.replies) == nodes
+            result = c.ping(filter=Filter(identity=[nodes[1]]), timeout=10)  # directed
+            assert [r.sender for r in result.replies] == [nodes[1]]
     finally:
         for daemon in daemons:
             daemon.stop()
+
+
+@pytest.mark.rabbitmq
+def test_rabbitmq_fleet_works_with_per_user_permissions(rabbit, tmp_path):
+    ping_two_nodes(tmp_path, ["rnode-1", "rnode-2"], "radmin",
+                   lambda name, role: rabbit.add_collective_user(name, role))
 
 
 @pytest.mark.rabbitmq
@@ -388,7 +394,7 @@ def test_rabbitmq_node_user_cannot_read_another_nodes_queue_nor_send_requests(ra
     thief_section = rabbit.add_collective_user("pnode-2", "node")
     queue_args = {"durable": "true", "auto-delete": "false", "x-expires": "120000",
                   "x-message-ttl": "600000", "x-max-length": "1000"}
-    own = RmqProbe(thief_section)
+    own = BrokerProbe(thief_section)
     try:  # the positive case, so the refusals below are not a broken setup
         rid = "own"
         own.conn.subscribe(f"/queue/{COLL}.node.pnode-2", id="1", ack="auto",
@@ -406,7 +412,7 @@ def test_rabbitmq_node_user_cannot_read_another_nodes_queue_nor_send_requests(ra
         ("subscribe", f"/queue/{COLL}.reply.radmin.x", {"durable": "true", "auto-delete": "false"}),
     ]
     for verb, dest, extra in cases:
-        probe = RmqProbe(thief_section)
+        probe = BrokerProbe(thief_section)
         try:
             if verb == "subscribe":
                 probe.conn.subscribe(dest, id="1", ack="auto", headers={**extra, "receipt": "r"})
@@ -424,7 +430,7 @@ def test_rabbitmq_client_user_cannot_read_another_clients_replies(rabbit):
     admin = rabbit.add_collective_user("cadmin", "client")
     bob = rabbit.add_collective_user("cbob", "client")
     args = {"durable": "true", "auto-delete": "false", "x-expires": "120000", "x-max-length": "10000"}
-    mine = RmqProbe(admin)
+    mine = BrokerProbe(admin)
     try:
         mine.conn.subscribe(f"/queue/{COLL}.reply.cadmin.q1", id="1", ack="auto",
                             headers={**args, "receipt": "r"})
@@ -433,7 +439,7 @@ def test_rabbitmq_client_user_cannot_read_another_clients_replies(rabbit):
         assert mine.answer("s") == "ok"
     finally:
         mine.close()
-    thief = RmqProbe(bob)
+    thief = BrokerProbe(bob)
     try:
         thief.conn.subscribe(f"/queue/{COLL}.reply.cadmin.q1", id="1", ack="auto",
                              headers={**args, "receipt": "r"})
@@ -462,46 +468,10 @@ def amq_acl():
         yield server
 
 
-class AmqProbe(RmqProbe):
-    def __init__(self, section: dict) -> None:
-        self.messages, self.errors, self.receipts = [], [], []
-        self.conn = stomp.Connection12([("127.0.0.1", section["port"])], auto_decode=False,
-                                       reconnect_attempts_max=1)
-        self.conn.set_listener("probe", self)
-        self.conn.connect(section["user"], section["password"], wait=True)
-
-
 @pytest.mark.activemq
 def test_activemq_fleet_works_with_the_documented_authorization(amq_acl, tmp_path):
-    from collective.plugins import get_plugin_manager
-    from collective.server.daemon import Daemon
-
-    _keys(tmp_path, ["anode-1", "anode-2"], ["aadmin"])
-    daemons = []
-    try:
-        for name in ("anode-1", "anode-2"):
-            config = Config({"identity": name,
-                             "broker": {**amq_acl.broker_config(name), "heartbeat_ms": 2000},
-                             "security": {"private_key": str(tmp_path / "keys" / f"{name}.key"),
-                                          "trust_dir": str(tmp_path / "trust")},
-                             "audit": {"file": str(tmp_path / f"{name}.audit")}},
-                            kind="server", env={})
-            daemon = Daemon(config, pm=get_plugin_manager(load_entrypoints=False))
-            daemon.start(connect_timeout=20)
-            daemons.append(daemon)
-        client_config = Config({"identity": "aadmin-client", "broker": amq_acl.broker_config("aadmin"),
-                                "security": {"identity": "aadmin",
-                                             "private_key": str(tmp_path / "keys" / "aadmin.key"),
-                                             "trust_dir": str(tmp_path / "trust")}},
-                               kind="client", env={})
-        with Client(client_config, pm=get_plugin_manager(load_entrypoints=False)) as client:
-            result = client.ping(expected=["anode-1", "anode-2"], timeout=10)
-            assert sorted(r.sender for r in result.replies) == ["anode-1", "anode-2"]
-            result = client.ping(filter=Filter(identity=["anode-2"]), timeout=10)
-            assert [r.sender for r in result.replies] == ["anode-2"]
-    finally:
-        for daemon in daemons:
-            daemon.stop()
+    ping_two_nodes(tmp_path, ["anode-1", "anode-2"], "aadmin",
+                   lambda name, role: amq_acl.broker_config(name))
 
 
 @pytest.mark.activemq
@@ -516,7 +486,7 @@ def test_activemq_refuses_what_the_roles_do_not_grant(amq_acl):
                ("abob", "subscribe", f"/queue/{COLL}.reply.aadmin.x1"),     # another client's
                ("abob", "subscribe", f"/queue/{COLL}.nodes")]
     for login, verb, dest in allowed + refused:
-        probe = AmqProbe(amq_acl.broker_config(login))
+        probe = BrokerProbe(amq_acl.broker_config(login))
         try:
             if verb == "subscribe":
                 probe.conn.subscribe(dest, id="1", ack="auto", headers={"receipt": "r"})

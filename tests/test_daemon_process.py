@@ -24,6 +24,7 @@ from collective.connectors.stomp import ConnectorError, StompConnector
 from collective.plugins import get_plugin_manager
 from collective.security.keys import generate_keypair
 from collective.server.daemon import Daemon
+from collective.testing import wait_for_ping
 from collective.testing.processes import free_port
 
 
@@ -63,16 +64,6 @@ def start_daemon(config: Path, env: dict | None = None) -> subprocess.Popen:
                             env={**os.environ, **(env or {})})
 
 
-def wait_ping(config: Config, node: str, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with Client(config) as client:
-                if client.ping(expected=[node], timeout=1.0).replies:
-                    return True
-        except ClientError:
-            time.sleep(0.2)
-    return False
 
 
 @pytest.fixture
@@ -124,7 +115,7 @@ def test_sigterm_stops_cleanly_and_sighup_reloads_the_trust_store(tmp_path, coll
     proc = start_daemon(server_yaml(tmp_path, "n1", collective_broker.port, server={"pidfile": str(pidfile)}))
     proc_cleanup(proc)
     cfg = client_config(tmp_path, collective_broker.port)
-    assert wait_ping(cfg, "n1"), proc.stderr.read() if proc.poll() is not None else "no answer"
+    assert wait_for_ping(cfg, "n1"), proc.stderr.read() if proc.poll() is not None else "no answer"
     assert pidfile.read_text().strip() == str(proc.pid)
     # revoke the client's key, SIGHUP: the node no longer accepts it, and keeps running
     (tmp_path / "trust" / "clients" / "admin.pub").unlink()
@@ -158,7 +149,7 @@ def test_broken_plugin_is_skipped_and_the_daemon_serves(tmp_path, collective_bro
     make_keys(tmp_path, ["n1"])
     proc = start_daemon(server_yaml(tmp_path, "n1", collective_broker.port), env=env)
     proc_cleanup(proc)
-    assert wait_ping(client_config(tmp_path, collective_broker.port), "n1")
+    assert wait_for_ping(client_config(tmp_path, collective_broker.port), "n1")
     assert 'While loading plugin "agent-broken"' in (tmp_path / "n1.log").read_text()
 
 
@@ -171,7 +162,7 @@ def test_daemon_waits_for_a_broker_that_is_down_at_start(tmp_path, proc_cleanup)
     assert proc.poll() is None
     broker = EmbeddedBroker(port=port).start()
     try:
-        assert wait_ping(client_config(tmp_path, port), "n1", timeout=40)
+        assert wait_for_ping(client_config(tmp_path, port), "n1", timeout=40)
     finally:
         broker.stop()
 

@@ -38,7 +38,9 @@ import yaml
 from collective.client import Client
 from collective.config import load_config
 from collective.fleet import fleet_down, fleet_up
+from collective.testing import wait_for
 from collective.testing.faultproxy import FaultProxy
+from collective_test_canary.children import children_named
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -51,24 +53,8 @@ STOP_GRACE = 8.0
 RUN = f"e2e{os.getpid()}"
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, step: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(step)
-    return bool(predicate())
 
 
-def children_named(marker: str) -> list[psutil.Process]:
-    """Live processes whose argv[0] is the canary's ``canary-child-MARKER``."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = proc.info.get("cmdline") or []
-        if cmdline and cmdline[0] == f"canary-child-{marker}" \
-                and proc.info.get("status") != psutil.STATUS_ZOMBIE:
-            found.append(proc)
-    return found
 
 
 def alive(pid: int) -> bool:

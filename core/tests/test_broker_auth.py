@@ -18,6 +18,7 @@ from collective.broker import BrokerAuth, BrokerLimits, EmbeddedBroker, User, ha
 from collective.broker.auth import ROLES, Permissions, compile_pattern, verify_password
 from collective.broker.config import BrokerConfigError, load_broker_config, parse_broker_config
 from collective.broker.frames import SERVER_COMMANDS, FrameParser, encode_frame
+from collective.testing import wait_for
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -25,13 +26,6 @@ HOST = "127.0.0.1"
 N = 16  # cheap scrypt for tests
 
 
-def wait_for(cond: Callable[[], Any], timeout: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while not (value := cond()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {getattr(cond, '__name__', cond)}")
-        time.sleep(0.01)
-    return value
 
 
 def user(login: str, role: str, password: str = "pw") -> User:
@@ -301,19 +295,19 @@ def test_unauthenticated_and_per_user_connection_limits(raws: Callable[[int], Ra
     broker = EmbeddedBroker(HOST, 0, limits=limits, auth=BrokerAuth([user("a", "client")])).start()
     try:
         idle = [raws(broker.port), raws(broker.port)]  # connected, never log in
-        wait_for(lambda: broker.stats()["unauthenticated"] == 2)
+        assert wait_for(lambda: broker.stats()["unauthenticated"] == 2)
         frames = raws(broker.port).read_until_closed()
         assert frames[0].headers["message"] == "too many connections waiting to log in"
         for r in idle:
             r.close()
-        wait_for(lambda: broker.stats()["unauthenticated"] == 0)
+        assert wait_for(lambda: broker.stats()["unauthenticated"] == 0)
         sessions = [raws(broker.port), raws(broker.port)]
         assert [s.connect("a", "pw").command for s in sessions] == ["CONNECTED"] * 2
         third = raws(broker.port)
         frame = third.connect("a", "pw")
         assert frame.headers["message"] == "too many connections for this user"
         sessions[0].close()
-        wait_for(lambda: broker.stats()["connections"] == 1)
+        assert wait_for(lambda: broker.stats()["connections"] == 1)
         assert raws(broker.port).connect("a", "pw").command == "CONNECTED"
     finally:
         broker.stop()
@@ -331,7 +325,7 @@ def test_expiration_header_relative_ms_is_honoured(raws: Callable[[int], Raw]) -
         r.request("SEND", {"destination": "/queue/exp", "expiration": "60000"}, b"long")
         r.request("SEND", {"destination": "/queue/exp",
                            "expires": str(int(time.time() * 1000) + 100)}, b"absolute")
-        wait_for(lambda: broker.stats()["expired"] == 2)
+        assert wait_for(lambda: broker.stats()["expired"] == 2)
         r.request("SUBSCRIBE", {"id": "1", "destination": "/queue/exp"})
         assert r.message().body == b"long"
         assert broker.stats()["queued_messages"] == 0
@@ -349,11 +343,11 @@ def test_replies_nobody_claims_are_dropped_with_their_queue(raws: Callable[[int]
         node.connect()
         client.request("SUBSCRIBE", {"id": "1", "destination": "/queue/mc.reply.gone.1"})
         client.close()  # the client goes away
-        wait_for(lambda: broker.stats()["subscriptions"] == 0)
+        assert wait_for(lambda: broker.stats()["subscriptions"] == 0)
         for i in range(10):
             node.request("SEND", {"destination": "/queue/mc.reply.gone.1"}, b"reply %d" % i)
         assert broker.stats()["queued_messages"] == 10
-        wait_for(lambda: broker.stats()["queues"] == 0, timeout=10)
+        assert wait_for(lambda: broker.stats()["queues"] == 0, timeout=10)
         stats = broker.stats()
         assert (stats["queued_messages"], stats["queued_bytes"], stats["dropped_unclaimed"]) == (0, 0, 10)
     finally:
@@ -367,7 +361,7 @@ def test_messages_older_than_max_message_age_are_dropped(raws: Callable[[int], R
         r = raws(broker.port)
         r.connect()
         r.request("SEND", {"destination": "/queue/old"}, b"old")
-        wait_for(lambda: broker.stats()["dropped_unclaimed"] == 1)
+        assert wait_for(lambda: broker.stats()["dropped_unclaimed"] == 1)
         r.request("SEND", {"destination": "/queue/old"}, b"new")
         r.request("SUBSCRIBE", {"id": "1", "destination": "/queue/old"})
         assert r.message().body == b"new"
@@ -473,7 +467,7 @@ def test_mco_broker_hash_password_then_serve_with_it(tmp_path: Path) -> None:
                                "--pidfile", str(tmp_path / "b.pid")],
                               stderr=subprocess.PIPE, text=True)
     try:
-        wait_for((tmp_path / "b.pid").exists, timeout=20)
+        assert wait_for((tmp_path / "b.pid").exists, timeout=20)
         assert Raw(port).connect().headers["message"] == "authentication failed"
         assert Raw(port).connect("admin", "correct horse").command == "CONNECTED"
     finally:

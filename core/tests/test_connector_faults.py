@@ -23,6 +23,7 @@ from collective.connectors.stomp import StompConnector
 from collective.plugins import get_plugin_manager
 from collective.security.keys import generate_keypair
 from collective.server.daemon import Daemon
+from collective.testing import wait_for
 from collective.testing.faultproxy import FaultProxy
 
 pytestmark = pytest.mark.timeout(240)
@@ -41,13 +42,6 @@ def broker(request) -> dict[str, Any]:
     return request.getfixturevalue("collective_rabbitmq").broker_config()
 
 
-def wait_for(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 def connector(section: dict[str, Any], name: str, **extra: Any) -> StompConnector:

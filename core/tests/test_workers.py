@@ -15,7 +15,6 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import psutil
 import pytest
 
 import collective_test_canary.plugin as canary_plugin
@@ -26,28 +25,14 @@ from collective.config import Config
 from collective.plugins import get_plugin_manager
 from collective.security.keys import generate_keypair
 from collective.server.daemon import Daemon
+from collective.testing import wait_for
+from collective_test_canary.children import children_named
 
 pytestmark = pytest.mark.timeout(180)
 
 
-def children_named(marker: str) -> list[psutil.Process]:
-    """Live processes whose argv[0] is the canary's ``canary-child-MARKER``."""
-    found = []
-    for proc in psutil.process_iter(["cmdline", "status"]):
-        cmdline = proc.info.get("cmdline") or []
-        if cmdline and cmdline[0] == f"canary-child-{marker}" \
-                and proc.info.get("status") != psutil.STATUS_ZOMBIE:
-            found.append(proc)
-    return found
 
 
-def wait_for(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return bool(predicate())
 
 
 class Node:

@@ -249,7 +249,8 @@ class ProcessPool:
         self._zygote: _Zygote | None = None
         self._zygote_lock = threading.Lock()
         self._stopping = False
-        self._keepers: dict[int, float] = {}
+        #: retired workers, alive while the children their action left are
+        self._keepers: set[int] = set()
         self.in_flight = 0
         self.queued = 0
         #: counters for ``rpcutil daemon_stats``
@@ -306,7 +307,7 @@ class ProcessPool:
             worker = slot.worker
             if slot.busy and worker is not None:
                 slot.abort = reason
-                self._kill(worker, wait=False)
+                self._kill(worker)
         for _ in slots:
             self._queue.put(None)
         deadline = time.monotonic() + timeout
@@ -387,7 +388,7 @@ class ProcessPool:
         finally:
             worker = slot.worker
             if worker is not None and self._stopping:
-                self._kill(worker, wait=False)
+                self._kill(worker)
 
     def _finish(self, job: PoolJob, outcome: Outcome) -> None:
         try:
@@ -461,7 +462,7 @@ class ProcessPool:
         slot.worker = None
         with self._lock:
             self.counters["killed"] += 1
-        self._kill(worker, wait=False)
+        self._kill(worker)
 
     def _died(self, slot: _Slot, worker: _Worker, job: PoolJob) -> Outcome:
         label = f"{job.call.agent}#{job.call.action}"
@@ -474,7 +475,7 @@ class ProcessPool:
             self.counters["crashed"] += 1
         log.error("%s (request %s): worker %d died (%s)", label, job.call.request_id,
                   worker.pid, status or "status unknown")
-        self._kill(worker, wait=False)  # whatever of its process group is left
+        self._kill(worker)  # whatever of its process group is left
         return Outcome(5, f"Unknown error in {label}: its worker process died "
                           f"({status or 'status unknown'})", {}, "allow", "error")
 
@@ -493,16 +494,14 @@ class ProcessPool:
     def _drop(self, slot: _Slot) -> None:
         worker, slot.worker = slot.worker, None
         if worker is not None:
-            self._kill(worker, wait=False)
+            self._kill(worker)
 
     def _retire(self, slot: _Slot, worker: _Worker) -> None:
         """The worker's action left children: it keeps them and takes no more work."""
         slot.worker = None
         with self._lock:
             self.counters["retired"] += 1
-            self._keepers[worker.pid] = time.time()
-            for pid in [p for p in self._keepers if not procs.alive(p)]:
-                del self._keepers[pid]
+            self._keepers = {p for p in self._keepers if procs.alive(p)} | {worker.pid}
         log.info("worker %d keeps the children its action left running; it takes no more "
                  "work and ends when they do (or with the daemon)", worker.pid)
         try:
@@ -516,19 +515,16 @@ class ProcessPool:
         if worker is not None:
             worker.sock.close()  # EOF: the worker exits
 
-    def _kill(self, worker: _Worker, wait: bool) -> None:
+    def _kill(self, worker: _Worker) -> None:
+        """End ``worker``, its process group and its descendants, on a reaper thread (the
+        slot goes on at once)."""
         try:
             worker.sock.close()
         except OSError:
             pass
-
-        def kill() -> None:
-            procs.kill_tree(worker.pid, grace=self.kill_grace, pgid=worker.pid)
-
-        if wait:
-            kill()
-        else:
-            threading.Thread(target=kill, name=f"reap-{worker.pid}", daemon=True).start()
+        threading.Thread(target=procs.kill_tree, args=(worker.pid,),
+                         kwargs={"grace": self.kill_grace, "pgid": worker.pid},
+                         name=f"reap-{worker.pid}", daemon=True).start()
 
     # -- reporting ------------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

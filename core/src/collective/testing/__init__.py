@@ -34,6 +34,38 @@ def require(available: bool, why: str) -> None:
     pytest.skip(why)
 
 
+def wait_for(predicate: Callable[[], Any], timeout: float = 10.0, step: float = 0.05) -> Any:
+    """Poll ``predicate`` every ``step`` seconds until it is true or ``timeout`` seconds
+    passed; its last value (``assert wait_for(lambda: ..., 10)``)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(step)
+    return predicate()
+
+
+def wait_for_ping(config: Any, node: str, timeout: float = 20.0) -> bool:
+    """Ping ``node`` with the client ``config`` until it answers (True) or ``timeout``
+    seconds passed (False); a broker that is not up yet counts as no answer."""
+    import time
+
+    from ..client import Client, ClientError
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with Client(config) as client:
+                if client.ping(expected=[node], timeout=1.0).replies:
+                    return True
+        except ClientError:
+            time.sleep(0.2)
+    return False
+
+
 class InProcessNode:
     """A node without a broker: ``call()`` goes through DDL validation, authorization
     and dispatch exactly as ``collectived`` does after verifying a request.
