@@ -14,6 +14,7 @@ import json
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -60,13 +61,12 @@ def password(fleet, login: str) -> str:
 class Probe(stomp.ConnectionListener):
     """A local process speaking STOMP to the fleet's broker with stomp.py."""
 
-    def __init__(self, port: int, login: str | None = None, passcode: str | None = None,
-                 vhost: str | None = None) -> None:
+    def __init__(self, port: int, login: str | None = None, passcode: str | None = None) -> None:
         self.messages: list[Any] = []
         self.errors: list[Any] = []
         self.receipts: list[str] = []
         self.conn = stomp.Connection12([("127.0.0.1", port)], auto_decode=False,
-                                       reconnect_attempts_max=1, vhost=vhost)
+                                       reconnect_attempts_max=1)
         self.conn.set_listener("probe", self)
         self.conn.connect(login, passcode, wait=True)
 
@@ -313,12 +313,14 @@ def rabbit(request):
     return request.getfixturevalue("collective_rabbitmq")
 
 
-class BrokerProbe(Probe):
-    """A :class:`Probe` on RabbitMQ or ActiveMQ, logged in with a broker ``section``."""
-
+class RmqProbe(Probe):
     def __init__(self, section: dict) -> None:
-        super().__init__(section["port"], section["user"], section["password"],
-                         vhost=section.get("vhost"))
+        self.messages, self.errors, self.receipts = [], [], []
+        self.disconnected = threading.Event()
+        self.conn = stomp.Connection12([("127.0.0.1", section["port"])], auto_decode=False,
+                                       reconnect_attempts_max=1, vhost=section["vhost"])
+        self.conn.set_listener("probe", self)
+        self.conn.connect(section["user"], section["password"], wait=True)
 
     def answer(self, rid: str, timeout: float = 5.0) -> str:
         # RabbitMQ answers a refusal with an ERROR without receipt-id, *then* the RECEIPT,
@@ -346,46 +348,38 @@ def _keys(tmp: Path, nodes: list[str], clients: list[str]) -> None:
         shutil.copy(tmp / "keys" / f"{name}.pub", tmp / "trust" / kind / f"{name}.pub")
 
 
-def ping_two_nodes(tmp: Path, nodes: list[str], client: str, section_for: Any) -> None:
-    """Two in-process daemons and a client, each logged in as itself
-    (``section_for(login, role)`` gives its broker section): broadcast and directed pings
-    reach them, so the permission set lets a fleet work."""
+@pytest.mark.rabbitmq
+def test_rabbitmq_fleet_works_with_per_user_permissions(rabbit, tmp_path):
     from collective.plugins import get_plugin_manager
     from collective.server.daemon import Daemon
 
-    _keys(tmp, nodes, [client])
+    _keys(tmp_path, ["rnode-1", "rnode-2"], ["radmin"])
     daemons = []
     try:
-        for name in nodes:
-            config = Config({"identity": name,
-                             "broker": {**section_for(name, "node"), "heartbeat_ms": 2000},
-                             "security": {"private_key": str(tmp / "keys" / f"{name}.key"),
-                                          "trust_dir": str(tmp / "trust")},
-                             "audit": {"file": str(tmp / f"{name}.audit")}},
+        for name in ("rnode-1", "rnode-2"):
+            section = rabbit.add_collective_user(name, "node")
+            config = Config({"identity": name, "broker": {**section, "heartbeat_ms": 2000},
+                             "security": {"private_key": str(tmp_path / "keys" / f"{name}.key"),
+                                          "trust_dir": str(tmp_path / "trust")},
+                             "audit": {"file": str(tmp_path / f"{name}.audit")}},
                             kind="server", env={})
             daemon = Daemon(config, pm=get_plugin_manager(load_entrypoints=False))
             daemon.start(connect_timeout=20)
             daemons.append(daemon)
-        client_config = Config({"identity": f"{client}-client",
-                                "broker": section_for(client, "client"),
-                                "security": {"identity": client,
-                                             "private_key": str(tmp / "keys" / f"{client}.key"),
-                                             "trust_dir": str(tmp / "trust")}},
+        section = rabbit.add_collective_user("radmin", "client")
+        client_config = Config({"identity": "radmin-client", "broker": section,
+                                "security": {"identity": "radmin",
+                                             "private_key": str(tmp_path / "keys" / "radmin.key"),
+                                             "trust_dir": str(tmp_path / "trust")}},
                                kind="client", env={})
-        with Client(client_config, pm=get_plugin_manager(load_entrypoints=False)) as c:
-            result = c.ping(expected=nodes, timeout=10)  # broadcast
-            assert sorted(r.sender for r in result.replies) == nodes
-            result = c.ping(filter=Filter(identity=[nodes[1]]), timeout=10)  # directed
-            assert [r.sender for r in result.replies] == [nodes[1]]
+        with Client(client_config, pm=get_plugin_manager(load_entrypoints=False)) as client:
+            result = client.ping(expected=["rnode-1", "rnode-2"], timeout=10)  # broadcast
+            assert sorted(r.sender for r in result.replies) == ["rnode-1", "rnode-2"]
+            result = client.ping(filter=Filter(identity=["rnode-2"]), timeout=10)  # directed
+            assert [r.sender for r in result.replies] == ["rnode-2"]
     finally:
         for daemon in daemons:
             daemon.stop()
-
-
-@pytest.mark.rabbitmq
-def test_rabbitmq_fleet_works_with_per_user_permissions(rabbit, tmp_path):
-    ping_two_nodes(tmp_path, ["rnode-1", "rnode-2"], "radmin",
-                   lambda name, role: rabbit.add_collective_user(name, role))
 
 
 @pytest.mark.rabbitmq
@@ -394,7 +388,7 @@ def test_rabbitmq_node_user_cannot_read_another_nodes_queue_nor_send_requests(ra
     thief_section = rabbit.add_collective_user("pnode-2", "node")
     queue_args = {"durable": "true", "auto-delete": "false", "x-expires": "120000",
                   "x-message-ttl": "600000", "x-max-length": "1000"}
-    own = BrokerProbe(thief_section)
+    own = RmqProbe(thief_section)
     try:  # the positive case, so the refusals below are not a broken setup
         rid = "own"
         own.conn.subscribe(f"/queue/{COLL}.node.pnode-2", id="1", ack="auto",
@@ -412,7 +406,7 @@ def test_rabbitmq_node_user_cannot_read_another_nodes_queue_nor_send_requests(ra
         ("subscribe", f"/queue/{COLL}.reply.radmin.x", {"durable": "true", "auto-delete": "false"}),
     ]
     for verb, dest, extra in cases:
-        probe = BrokerProbe(thief_section)
+        probe = RmqProbe(thief_section)
         try:
             if verb == "subscribe":
                 probe.conn.subscribe(dest, id="1", ack="auto", headers={**extra, "receipt": "r"})
@@ -430,7 +424,7 @@ def test_rabbitmq_client_user_cannot_read_another_clients_replies(rabbit):
     admin = rabbit.add_collective_user("cadmin", "client")
     bob = rabbit.add_collective_user("cbob", "client")
     args = {"durable": "true", "auto-delete": "false", "x-expires": "120000", "x-max-length": "10000"}
-    mine = BrokerProbe(admin)
+    mine = RmqProbe(admin)
     try:
         mine.conn.subscribe(f"/queue/{COLL}.reply.cadmin.q1", id="1", ack="auto",
                             headers={**args, "receipt": "r"})
@@ -439,7 +433,7 @@ def test_rabbitmq_client_user_cannot_read_another_clients_replies(rabbit):
         assert mine.answer("s") == "ok"
     finally:
         mine.close()
-    thief = BrokerProbe(bob)
+    thief = RmqProbe(bob)
     try:
         thief.conn.subscribe(f"/queue/{COLL}.reply.cadmin.q1", id="1", ack="auto",
                              headers={**args, "receipt": "r"})
@@ -468,10 +462,46 @@ def amq_acl():
         yield server
 
 
+class AmqProbe(RmqProbe):
+    def __init__(self, section: dict) -> None:
+        self.messages, self.errors, self.receipts = [], [], []
+        self.conn = stomp.Connection12([("127.0.0.1", section["port"])], auto_decode=False,
+                                       reconnect_attempts_max=1)
+        self.conn.set_listener("probe", self)
+        self.conn.connect(section["user"], section["password"], wait=True)
+
+
 @pytest.mark.activemq
 def test_activemq_fleet_works_with_the_documented_authorization(amq_acl, tmp_path):
-    ping_two_nodes(tmp_path, ["anode-1", "anode-2"], "aadmin",
-                   lambda name, role: amq_acl.broker_config(name))
+    from collective.plugins import get_plugin_manager
+    from collective.server.daemon import Daemon
+
+    _keys(tmp_path, ["anode-1", "anode-2"], ["aadmin"])
+    daemons = []
+    try:
+        for name in ("anode-1", "anode-2"):
+            config = Config({"identity": name,
+                             "broker": {**amq_acl.broker_config(name), "heartbeat_ms": 2000},
+                             "security": {"private_key": str(tmp_path / "keys" / f"{name}.key"),
+                                          "trust_dir": str(tmp_path / "trust")},
+                             "audit": {"file": str(tmp_path / f"{name}.audit")}},
+                            kind="server", env={})
+            daemon = Daemon(config, pm=get_plugin_manager(load_entrypoints=False))
+            daemon.start(connect_timeout=20)
+            daemons.append(daemon)
+        client_config = Config({"identity": "aadmin-client", "broker": amq_acl.broker_config("aadmin"),
+                                "security": {"identity": "aadmin",
+                                             "private_key": str(tmp_path / "keys" / "aadmin.key"),
+                                             "trust_dir": str(tmp_path / "trust")}},
+                               kind="client", env={})
+        with Client(client_config, pm=get_plugin_manager(load_entrypoints=False)) as client:
+            result = client.ping(expected=["anode-1", "anode-2"], timeout=10)
+            assert sorted(r.sender for r in result.replies) == ["anode-1", "anode-2"]
+            result = client.ping(filter=Filter(identity=["anode-2"]), timeout=10)
+            assert [r.sender for r in result.replies] == ["anode-2"]
+    finally:
+        for daemon in daemons:
+            daemon.stop()
 
 
 @pytest.mark.activemq
@@ -486,7 +516,7 @@ def test_activemq_refuses_what_the_roles_do_not_grant(amq_acl):
                ("abob", "subscribe", f"/queue/{COLL}.reply.aadmin.x1"),     # another client's
                ("abob", "subscribe", f"/queue/{COLL}.nodes")]
     for login, verb, dest in allowed + refused:
-        probe = BrokerProbe(amq_acl.broker_config(login))
+        probe = AmqProbe(amq_acl.broker_config(login))
         try:
             if verb == "subscribe":
                 probe.conn.subscribe(dest, id="1", ack="auto", headers={"receipt": "r"})
